@@ -1,0 +1,182 @@
+"""The ``vco`` command: train, sample, info, demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as C
+from .data import DataError
+from .train.checkpoint import CheckpointError
+
+DATA_NAMES = ("fashion-mnist", "fashion-mnist-test", "synthetic")
+
+
+def _config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> None:
+    p.add_argument("--preset", required=preset_required, help=f"one of {', '.join(C.preset_names())}")
+    p.add_argument("--config", help="a YAML config (e.g. a run's config.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   nargs="+", help="override a config value, e.g. --set steps=100 model.depth=4")
+
+
+def _overrides(args) -> list[str]:
+    return [item for group in args.overrides for item in group]
+
+
+def _data_overrides(data: str | None) -> list[str]:
+    if data is None:
+        return []
+    if data in DATA_NAMES:
+        return [f"data.name={data}"]
+    return ["data.name=folder", f"data.path={data}"]
+
+
+def cmd_train(args) -> None:
+    from .train import Trainer
+    extra = _data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps else [])
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise CheckpointError(f"{run} is not a run folder (no config.yaml): pass the --out of "
+                                  f"an earlier `vco train`")
+        cfg = C.build_config(config_file=run / "config.yaml", overrides=extra + _overrides(args))
+        out = run
+    else:
+        if not args.out:
+            raise C.ConfigError("vco train needs --out RUN_DIR (or --resume RUN_DIR)")
+        out = Path(args.out)
+        if (out / "checkpoint.safetensors").exists():
+            raise CheckpointError(f"{out} already holds a run: continue it with --resume {out}, "
+                                  f"or choose another --out")
+        cfg = C.build_config(args.preset or ("jit-tiny" if not args.config else None), args.config,
+                             extra + _overrides(args))
+    trainer = Trainer(cfg, out, resume=bool(args.resume))
+    if args.resume:
+        print(f"resuming {out} at step {trainer.step} -> {cfg.train.steps}")
+    summary = trainer.train(progress=not args.quiet)
+    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: "
+          f"{out / 'checkpoint.safetensors'}")
+
+
+def cmd_sample(args) -> None:
+    from .sampling import class_labels, generate, save_grid
+    from .train import load_run_model
+    from .train.trainer import resolve_device
+    device = resolve_device(args.device)
+    model, cfg, meta = load_run_model(args.run, args.weights, device)
+    for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
+        if value is not None:
+            setattr(cfg.sampler, key, value)
+    if cfg.sampler.cfg < 0:
+        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg.sampler.cfg}")
+    if not 1 <= cfg.sampler.steps <= 10_000:
+        raise C.ConfigError(f"--steps must be in 1..10000, got {cfg.sampler.steps}")
+    if args.num < 1:
+        raise C.ConfigError(f"--num must be >= 1, got {args.num}")
+    labels = class_labels(args.num, cfg.model.num_classes)
+    t0 = time.time()
+    images = generate(model, cfg, labels, seed=args.seed, batch_size=args.batch_size, device=device)
+    path = save_grid(images, labels, meta.get("class_names", []), args.out)
+    print(f"{len(images)} samples in {time.time() - t0:.1f}s (cfg {cfg.sampler.cfg}, "
+          f"{cfg.sampler.steps} {cfg.sampler.method} steps) -> {path}")
+    if args.npz:
+        npz = Path(args.out).with_suffix(".npz")
+        np.savez(npz, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
+        print(f"uint8 samples (N, H, W, C) -> {npz}")
+
+
+def cmd_info(args) -> None:
+    from .models import count_params
+    cfg = C.build_config(args.preset, args.config, _overrides(args))
+    print(C.to_yaml(cfg), end="")
+    print(f"params={count_params(cfg.model)}")
+
+
+def cmd_demo(args) -> None:
+    from .plots import plot_loss_curves
+    from .sampling import class_labels, generate, save_grid
+    from .train import Trainer, load_run_model
+    out = Path(args.out)
+    run = out / "run"
+    overrides = [f"train.time_limit_min={args.minutes}", "data.name=fashion-mnist"]
+    if (run / "checkpoint.safetensors").exists():
+        print(f"continuing the demo run in {run} (delete {out} to start afresh)")
+        cfg = C.build_config(config_file=run / "config.yaml", overrides=overrides)
+        trainer = Trainer(cfg, run, resume=True)
+        cfg.train.steps = max(cfg.train.steps, trainer.step + 1)
+    else:
+        cfg = C.build_config(args.preset, overrides=overrides + [f"train.steps={args.max_steps}"])
+        trainer = Trainer(cfg, run)
+    print(f"training {cfg.preset} on Fashion-MNIST for up to {args.minutes} min "
+          f"({sum(p.numel() for p in trainer.model.parameters())/1e6:.1f}M params) ...")
+    summary = trainer.train()
+    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
+    model, cfg, meta = load_run_model(run, "ema1")
+    labels = class_labels(10 * args.per_class, cfg.model.num_classes)
+    images = generate(model, cfg, labels, seed=0, batch_size=100)
+    grid = save_grid(images, labels, meta["class_names"], out / "samples.png")
+    curve = plot_loss_curves(run / "metrics.jsonl", out / "loss.png")
+    print(f"sample grid: {grid}\nloss curve:  {curve}\nrun folder:  {run}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vco", description="Pixel diffusion with visual co-denoising")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (or --resume a run)")
+    _config_args(p)
+    p.add_argument("--data", help=f"{' | '.join(DATA_NAMES)} | a class-per-folder image directory")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--steps", type=int, help="total optimizer steps (train.steps)")
+    p.add_argument("--resume", help="continue the run in this folder up to --steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a class-labelled grid PNG from a run")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--cfg", type=float, help="guidance scale w (1 = none)")
+    p.add_argument("--steps", type=int, help="sampler steps")
+    p.add_argument("--method", choices=["heun", "euler"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--npz", action="store_true", help="also write the uint8 samples as .npz")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("info", help="print the resolved config and the parameter count")
+    _config_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
+    p.add_argument("--preset", default="jit-tiny")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--per-class", type=int, default=8)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (C.ConfigError, DataError, CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"vco {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Configs: plain dataclasses grouped by concern, named presets, YAML in/out, ``key=value`` overrides.
+
+OmegaConf does the typed merging (YAML files and ``--set`` lists are validated against the
+dataclass types); this module adds the presets and friendly error messages.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config file, preset or override that cannot be used; the message says what to do."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "jit"                 # model registry name (see vco.models)
+    image_size: int = 32
+    patch_size: int = 4
+    in_channels: int = 3
+    hidden_size: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0            # SwiGLU hidden = int(mlp_ratio * H * 2/3)
+    bottleneck_dim: int = 32          # rank of the patch embedding
+    in_context_len: int = 8           # number of in-context class tokens (0 disables)
+    in_context_start: int = 2         # block index before which they are prepended
+    num_classes: int = 10
+    attn_dropout: float = 0.0         # applied to the middle half of the blocks, as JiT does
+    proj_dropout: float = 0.0
+
+
+@dataclass
+class DiffusionConfig:
+    P_mean: float = -0.8              # t = sigmoid(N(P_mean, P_std)); t = 1 is clean
+    P_std: float = 0.8
+    noise_scale: float = 1.0
+    t_eps: float = 0.05               # clamp of the (1 - t) denominators
+    label_drop_prob: float = 0.1      # CFG training dropout
+
+
+@dataclass
+class SamplerConfig:
+    method: str = "heun"              # heun (last interval Euler) | euler
+    steps: int = 50
+    cfg: float = 1.0
+    interval_min: float = 0.1         # guidance only for interval_min < t < interval_max
+    interval_max: float = 1.0
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"       # fashion-mnist | fashion-mnist-test | synthetic | folder | imagenet
+    path: Optional[str] = None        # root of the data (default location if None)
+    hflip: bool = True
+    num_workers: int = 0
+    synthetic_size: int = 512         # number of images of the synthetic dataset
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64              # per rank, per micro-step
+    grad_accum: int = 1
+    blr: float = 5e-5                 # lr = blr * global_batch / 256
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    ema_decays: tuple[float, float] = (0.9999, 0.9996)
+    precision: str = "auto"           # auto | bf16 | fp32 (auto: bf16 where the hardware has it)
+    seed: int = 0
+    log_every: int = 10
+    ckpt_every: int = 500
+    time_limit_min: float = 0.0       # stop (and checkpoint) after this many minutes; 0 = none
+    device: str = "auto"              # auto | cpu | cuda
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = ""
+
+
+# ----------------------------------------------------------------------------- presets
+# Presets differ only in numbers. Sizes of B/L/H follow JiT (Li & He 2025, Table 9).
+_IMAGENET = dict(image_size=256, patch_size=16, num_classes=1000, in_context_len=32)
+_PRESETS: dict[str, dict[str, Any]] = {
+    # CPU scale: a short run needs a larger lr and a faster EMA than the ImageNet recipe.
+    "jit-tiny": dict(model=dict(hidden_size=256, depth=6, num_heads=4, bottleneck_dim=32,
+                                in_context_len=8, in_context_start=2),
+                     train=dict(batch_size=64, blr=2e-3, warmup_steps=100,
+                                ema_decays=(0.999, 0.9996)),
+                     sampler=dict(cfg=2.0)),
+    "jit-b16": dict(model=dict(_IMAGENET, hidden_size=768, depth=12, num_heads=12,
+                               bottleneck_dim=128, in_context_start=4),
+                    data=dict(name="imagenet"), train=dict(batch_size=128, steps=250_000,
+                                                           warmup_steps=6_255, ckpt_every=5_000),
+                    sampler=dict(cfg=2.9)),
+    "jit-l16": dict(model=dict(_IMAGENET, hidden_size=1024, depth=24, num_heads=16,
+                               bottleneck_dim=128, in_context_start=8),
+                    data=dict(name="imagenet"), train=dict(batch_size=128, steps=250_000,
+                                                           warmup_steps=6_255, ckpt_every=5_000),
+                    sampler=dict(cfg=2.4)),
+    "jit-h16": dict(model=dict(_IMAGENET, hidden_size=1280, depth=32, num_heads=16,
+                               bottleneck_dim=256, in_context_start=10,
+                               attn_dropout=0.2, proj_dropout=0.2),
+                    data=dict(name="imagenet"), train=dict(batch_size=128, steps=250_000,
+                                                           warmup_steps=6_255, ckpt_every=5_000),
+                    sampler=dict(cfg=2.2)),
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _leaf_paths(cfg: Config) -> list[str]:
+    paths = []
+    for sec in dataclasses.fields(cfg):
+        value = getattr(cfg, sec.name)
+        if dataclasses.is_dataclass(value):
+            paths += [f"{sec.name}.{f.name}" for f in dataclasses.fields(value)]
+        else:
+            paths.append(sec.name)
+    return paths
+
+
+def resolve_key(key: str, cfg: Config | None = None) -> str:
+    """Full dotted path for ``key``: either a path (``train.steps``) or a unique leaf (``steps``)."""
+    paths = _leaf_paths(cfg or Config())
+    if key in paths:
+        return key
+    matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ConfigError(f"config key '{key}' is ambiguous: write one of {', '.join(matches)}")
+    leaves = sorted({p.rsplit('.', 1)[-1] for p in paths})
+    close = difflib.get_close_matches(key, paths + leaves, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise ConfigError(f"unknown config key '{key}'.{hint} Run `vco info --preset jit-tiny` to list them.")
+
+
+def _flat_keys(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def from_dict(d: dict) -> Config:
+    for key in _flat_keys(d):
+        if key not in _leaf_paths(Config()):
+            resolve_key(key)  # raises with a suggestion
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"invalid config value: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["steps=10", "model.depth=2"]`` -> nested dict with YAML-typed values."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. --set steps=100)")
+        key, raw = item.split("=", 1)
+        path = resolve_key(key.strip())
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = out
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def build_config(preset: str | None = None, config_file: str | Path | None = None,
+                 overrides: list[str] | None = None) -> Config:
+    """Preset, then YAML file, then ``key=value`` overrides; later ones win."""
+    d: dict = {}
+    if config_file is not None:
+        d = load_yaml(config_file)
+        preset = preset or d.get("preset") or None
+    if preset:
+        if preset not in _PRESETS:
+            close = difflib.get_close_matches(preset, _PRESETS, n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown preset '{preset}'.{hint} Presets: {', '.join(preset_names())}")
+        d = _merge(_merge(_PRESETS[preset], {"preset": preset}), d)
+    d = _merge(d, parse_overrides(overrides))
+    return from_dict(d)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return d
+
+
+def to_dict(cfg: Config) -> dict:
+    d = dataclasses.asdict(cfg)
+    # YAML has no tuples; store them as lists (OmegaConf converts them back).
+    for sec in d.values():
+        if isinstance(sec, dict):
+            for k, v in sec.items():
+                if isinstance(v, tuple):
+                    sec[k] = list(v)
+    return d
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(to_yaml(cfg))
+
+
+def load_config(path: str | Path) -> Config:
+    return from_dict(load_yaml(path))

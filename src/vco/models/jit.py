@@ -1,0 +1,70 @@
+"""JiT: the single-stream pixel diffusion transformer (Li & He 2025), x-prediction."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..config import ModelConfig
+from ..nn.attention import JiTBlock, Rope2D
+from ..nn.layers import (BottleneckPatchEmbed, FinalLayer, LabelEmbedder, TimestepEmbedder,
+                         init_jit_weights, sincos_pos_embed_2d, unpatchify)
+
+
+def in_context_tokens(y_emb: torch.Tensor, posemb: torch.Tensor) -> torch.Tensor:
+    """(B, H) label embedding -> (B, L, H): L copies plus a learned positional embedding."""
+    return y_emb.unsqueeze(1) + posemb
+
+
+def middle_half(i: int, depth: int) -> bool:
+    """JiT applies dropout only to blocks depth/4 .. 3*depth/4."""
+    return depth // 4 <= i < depth // 4 * 3
+
+
+class JiT(nn.Module):
+    """forward(x_t, t, y) -> (x_pred, None); x_t: (B, C, H, W) noisy image, t: (B,), y: (B,)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, p = cfg.hidden_size, cfg.patch_size
+        if cfg.image_size % p:
+            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {p}")
+        self.grid = cfg.image_size // p
+        self.t_embedder = TimestepEmbedder(h)
+        self.y_embedder = LabelEmbedder(cfg.num_classes, h)
+        self.x_embedder = BottleneckPatchEmbed(p, cfg.in_channels, cfg.bottleneck_dim, h)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(h, self.grid))    # (1, N, H), fixed
+        self.in_context_posemb = nn.Parameter(torch.randn(1, cfg.in_context_len, h) * 0.02)
+        self.rope = Rope2D(h // cfg.num_heads, self.grid)
+        self.blocks = nn.ModuleList([
+            JiTBlock(h, cfg.num_heads, cfg.mlp_ratio,
+                     cfg.attn_dropout if middle_half(i, cfg.depth) else 0.0,
+                     cfg.proj_dropout if middle_half(i, cfg.depth) else 0.0)
+            for i in range(cfg.depth)])
+        self.final_layer = FinalLayer(h, p * p * cfg.in_channels)
+        init_jit_weights(self)
+
+    @property
+    def uses_in_context(self) -> bool:
+        return self.cfg.in_context_len > 0 and self.cfg.in_context_start < self.cfg.depth
+
+    def stream_shapes(self, batch: int) -> list[tuple[int, ...]]:
+        """Shapes of the states the sampler integrates: pixels only."""
+        c = self.cfg
+        return [(batch, c.in_channels, c.image_size, c.image_size)]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, sem=None, drop=None):
+        cfg = self.cfg
+        y_emb = self.y_embedder(y)                          # (B, H)
+        c = self.t_embedder(t) + y_emb                      # (B, H) shared conditioning
+        h = self.x_embedder(x) + self.pos_embed             # (B, N, H)
+        rope = self.rope.tables()
+        for i, block in enumerate(self.blocks):
+            if self.uses_in_context and i == cfg.in_context_start:
+                h = torch.cat([in_context_tokens(y_emb, self.in_context_posemb), h], dim=1)
+                rope = self.rope.tables(prefix=cfg.in_context_len)
+            h = block(h, c, rope)
+        if self.uses_in_context:
+            h = h[:, cfg.in_context_len:]                   # strip before the head
+        out = self.final_layer(h, c)                        # (B, N, p*p*C)
+        return unpatchify(out, cfg.patch_size, cfg.in_channels), None

@@ -1,0 +1,102 @@
+"""Attention with per-head q/k RMSNorm and 2-D axial RoPE, and the JiT transformer block."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import RMSNorm, SwiGLU, modulate
+
+
+class Rope2D(nn.Module):
+    """2-D axial rotary position code on a (grid x grid) token grid.
+
+    Head dims [0, d/2) rotate with the row, [d/2, d) with the column; each axis uses the
+    "lang" frequencies 10000^(-2k/(d/2)), k < d/4, on interleaved pairs (0,1), (2,3), ...
+    ``prefix`` identity rows (cos 1, sin 0) can be prepended for in-context tokens.
+    """
+
+    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0):
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"RoPE needs head_dim divisible by 4, got {head_dim}")
+        axis = head_dim // 2
+        freqs = theta ** (-torch.arange(0, axis, 2, dtype=torch.float32) / axis)   # (d/4,)
+        rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+        ang_r = rows.reshape(-1, 1).float() * freqs                                # (N, d/4)
+        ang_c = cols.reshape(-1, 1).float() * freqs
+        ang = torch.cat([ang_r, ang_c], dim=-1).repeat_interleave(2, dim=-1)       # (N, d)
+        self.register_buffer("cos", ang.cos(), persistent=False)
+        self.register_buffer("sin", ang.sin(), persistent=False)
+
+    def tables(self, prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin), each (prefix + N, head_dim)."""
+        if prefix == 0:
+            return self.cos, self.sin
+        d = self.cos.shape[-1]
+        cos = torch.cat([self.cos.new_ones(prefix, d), self.cos])
+        sin = torch.cat([self.sin.new_zeros(prefix, d), self.sin])
+        return cos, sin
+
+
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """x: (B, heads, N, d). Rotation (a, b) -> (a cos - b sin, b cos + a sin) on pairs, in fp32."""
+    cos, sin = rope
+    xf = x.float()
+    a, b = xf[..., 0::2], xf[..., 1::2]
+    rotated = torch.stack([-b, a], dim=-1).flatten(-2)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention: qkv (bias) -> per-head q/k RMSNorm -> RoPE -> SDPA -> proj."""
+
+    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden {dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(self.head_dim)
+        self.k_norm = RMSNorm(self.head_dim)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def qkv_heads(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, N, H) -> q, k, v each (B, heads, N, head_dim); q, k normed and rotated."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = apply_rope(self.q_norm(q), rope)
+        k = apply_rope(self.k_norm(k), rope)
+        return q, k, v
+
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        """o: (B, heads, N, head_dim) -> (B, N, H) through the output projection."""
+        return self.proj_drop(self.proj(o.transpose(1, 2).flatten(2)))
+
+    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
+        q, k, v = self.qkv_heads(x, rope)
+        drop = self.attn_drop if self.training else 0.0
+        return self.output(F.scaled_dot_product_attention(q, k, v, dropout_p=drop))
+
+
+class JiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero: 6 modulation vectors from c."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.norm1 = RMSNorm(hidden)
+        self.attn = Attention(hidden, num_heads, attn_drop, proj_drop)
+        self.norm2 = RMSNorm(hidden)
+        self.mlp = SwiGLU(hidden, mlp_ratio, drop=proj_drop)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope) -> torch.Tensor:
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
+            self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        return x

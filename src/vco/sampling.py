@@ -1,0 +1,71 @@
+"""Generate images from a trained model and lay them out as a class-labelled grid PNG."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .config import Config
+from .diffusion import initial_noise, sample
+from .train.trainer import resolve_precision
+
+
+def class_labels(num: int, num_classes: int) -> torch.Tensor:
+    """Class-sorted labels with (as nearly as possible) equal counts: 0,0,..,1,1,.."""
+    per = math.ceil(num / num_classes)
+    return torch.arange(num_classes).repeat_interleave(per)[:num]
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float (B, C, H, W) -> uint8, round(clip(127.5 (x + 1), 0, 255))."""
+    return (127.5 * (x.float() + 1)).clamp(0, 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def generate(model, cfg: Config, labels: torch.Tensor, seed: int = 0, batch_size: int = 64,
+             device="cpu", progress: bool = True) -> torch.Tensor:
+    """uint8 images (N, C, H, W) for ``labels``; batch b uses noise from seed + b."""
+    m = cfg.model
+    out = []
+    batches = labels.split(batch_size)
+    for b, y in enumerate(batches):
+        g = torch.Generator(device).manual_seed(seed + b)
+        noise = initial_noise(model.stream_shapes(len(y)), g, device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                            enabled=resolve_precision(cfg.train.precision, torch.device(device)) == "bf16"):
+            x = sample(model, y.to(device), noise, cfg.sampler, cfg.diffusion, m.num_classes,
+                       progress=progress and len(batches) == 1)
+        out.append(to_uint8(x).cpu())
+    return torch.cat(out)
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], path: str | Path,
+              min_cell: int = 64) -> Path:
+    """One row per class present, its name on the left; small images are upscaled (nearest)."""
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+    h = images.shape[-1]
+    zoom = max(1, math.ceil(min_cell / h))
+    cell = h * zoom
+    classes = labels.unique(sorted=True).tolist()
+    rows = [images[labels == k] for k in classes]
+    ncol = max(len(r) for r in rows)
+    font = ImageFont.load_default()
+    names = [class_names[k] if k < len(class_names) else str(k) for k in classes]
+    margin = max(int(font.getlength(n)) for n in names) + 12
+    pad = 2
+    canvas = Image.new("RGB", (margin + ncol * (cell + pad), len(rows) * (cell + pad)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, (name, row) in enumerate(zip(names, rows)):
+        top = r * (cell + pad)
+        draw.text((4, top + cell // 2 - 6), name, fill="black", font=font)
+        for c, img in enumerate(row):
+            arr = img.permute(1, 2, 0).numpy()
+            tile = Image.fromarray(np.ascontiguousarray(arr)).resize((cell, cell), Image.NEAREST)
+            canvas.paste(tile, (margin + c * (cell + pad), top))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path

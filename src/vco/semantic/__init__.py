@@ -1,0 +1,57 @@
+"""Frozen semantic encoders, feature calibration and the feature cache for the co-denoising stream.
+
+    encoder = build_encoder("mobilenet_v2", grid=8)          # offline stand-in (documented deviation)
+    encoder = build_encoder("dinov2", grid=16, path=...)     # V-Co's DINOv2-B with registers
+    f = encoder.patch_features(x)                            # (B, grid^2, C) raw
+    stats = compute_stats(encoder, batches)                  # or load_stats("stat.pt", scale=0.485)
+    f = stats.normalize(f)                                   # variance-normalised, RMS-matched to pixels
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .base import SemanticEncoder
+from .cache import FeatureCache, build_feature_cache, dataset_fingerprint
+from .calibration import (
+    PAPER_DINOV2_B_SCALE,
+    FeatureStats,
+    StatsAccumulator,
+    compute_stats,
+    from_rae_layout,
+    load_stats,
+    save_stats,
+    to_rae_layout,
+)
+from .dinov2 import DEFAULT_DINOV2, DINOv2Encoder, dinov2_base_config, dinov2_from_state_dict, rename_dinov2_keys
+from .mobilenet import MobileNetV2, MobileNetV2Encoder, load_mobilenet_v2
+
+
+def _build_mobilenet(grid: int, **kw) -> SemanticEncoder:
+    return MobileNetV2Encoder(grid, **kw)  # kw: layer=14, weights="imagenet" | path | None
+
+
+def _build_dinov2(grid: int, path: str = DEFAULT_DINOV2) -> SemanticEncoder:
+    return DINOv2Encoder.from_pretrained(path, grid)  # path: local folder or hub id
+
+
+ENCODERS: dict[str, Callable[..., SemanticEncoder]] = {
+    "mobilenet_v2": _build_mobilenet,
+    "dinov2": _build_dinov2,
+}
+
+
+def build_encoder(name: str, grid: int, **kw) -> SemanticEncoder:
+    """Build a frozen semantic encoder by name ('mobilenet_v2' works offline; 'dinov2' needs weights)."""
+    if name not in ENCODERS:
+        raise ValueError(f"unknown semantic encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[name](grid, **kw)
+
+
+__all__ = [
+    "SemanticEncoder", "MobileNetV2", "MobileNetV2Encoder", "load_mobilenet_v2",
+    "DINOv2Encoder", "DEFAULT_DINOV2", "dinov2_base_config", "dinov2_from_state_dict", "rename_dinov2_keys",
+    "FeatureStats", "StatsAccumulator", "compute_stats", "save_stats", "load_stats",
+    "from_rae_layout", "to_rae_layout", "PAPER_DINOV2_B_SCALE",
+    "FeatureCache", "build_feature_cache", "dataset_fingerprint",
+    "ENCODERS", "build_encoder",
+]

@@ -1,0 +1,180 @@
+"""A disk cache of raw patch features, so training does not rerun the frozen encoder every step.
+
+The encoder is frozen and the only data augmentation is a horizontal flip, so every target the semantic
+stream can ever see is one of two feature maps per image. We compute both once and memory-map them.
+
+Folder layout (`path` is a directory):
+    features.npy       float16, (len(dataset), 2, N, C); [:, 0] = original image, [:, 1] = flipped
+    stats.safetensors  the FeatureStats used with this cache (given, or computed in the same pass)
+    meta.json          encoder + dataset description; written last, so its presence means complete
+
+Features are stored raw (before variance normalisation and RMS scaling): the calibration can change
+(e.g. another scale) without rebuilding the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .calibration import FeatureStats, StatsAccumulator, load_stats, save_stats
+
+FEATURES_FILE = "features.npy"
+STATS_FILE = "stats.safetensors"
+META_FILE = "meta.json"
+CACHE_VERSION = 1
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, 3, H, W) in [0, 255] -> float32 in [-1, 1]."""
+    return images.float() / 127.5 - 1.0
+
+
+def dataset_fingerprint(dataset, num_probes: int = 8) -> str:
+    """Length + hash of a few evenly spaced items (pixels and labels): cheap, and catches another
+    dataset, another split, another resolution or another ordering."""
+    n = len(dataset)
+    h = hashlib.sha1(f"len={n}".encode())
+    for i in sorted({round(k * (n - 1) / max(num_probes - 1, 1)) for k in range(num_probes)} if n else ()):
+        image, label = dataset[i]
+        image = torch.as_tensor(image)
+        h.update(f"{i}:{int(label)}:{tuple(image.shape)}:{image.dtype}".encode())
+        h.update(image.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _describe(encoder, dataset) -> dict:
+    return {
+        "version": CACHE_VERSION,
+        "encoder": encoder.name,
+        "encoder_fingerprint": encoder.fingerprint(),
+        "grid": encoder.grid,
+        "num_tokens": encoder.num_tokens,
+        "feature_dim": encoder.feature_dim,
+        "dataset_len": len(dataset),
+        "dataset_fingerprint": dataset_fingerprint(dataset),
+    }
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str | os.PathLike,
+                        batch_size: int = 64, device: torch.device | str = "cpu") -> "FeatureCache":
+    """Compute raw patch features of every item, unflipped and flipped, into `path` (a directory).
+
+    dataset: len(dataset) and dataset[i] -> (uint8 tensor (3, H, W), int label).
+    stats: stored with the cache; None computes them in the same pass, over both flips (the images
+    training sees), with the RMS scale measured on the same images.
+    The encoder is moved to `device`.
+    """
+    if len(dataset) == 0:
+        raise ValueError("cannot cache features of an empty dataset")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / META_FILE).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
+    encoder.to(device)
+    meta = _describe(encoder, dataset)
+    if stats is not None:
+        stats.check_matches(encoder.num_tokens, encoder.feature_dim)
+    acc = StatsAccumulator() if stats is None else None
+
+    tmp = path / (FEATURES_FILE + ".tmp")
+    shape = (len(dataset), 2, encoder.num_tokens, encoder.feature_dim)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    start = 0
+    for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
+        x = to_unit_range(images).to(device)  # (B, 3, H, W)
+        for flip, view in enumerate((x, torch.flip(x, dims=[-1]))):
+            feats = encoder.patch_features(view)  # (B, N, C)
+            out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
+            if acc is not None:
+                acc.update(feats, view)
+        start += len(x)
+    out.flush()
+    del out
+    os.replace(tmp, path / FEATURES_FILE)
+
+    if stats is None:
+        stats = acc.finalize(encoder=encoder.name)
+    save_stats(stats, path / STATS_FILE)
+    _write_json_atomic(meta, path / META_FILE)
+    return FeatureCache(path)
+
+
+class FeatureCache:
+    """Read-only, memory-mapped view of a cache written by build_feature_cache.
+
+    Pass `dataset` and/or `encoder` to refuse a cache built for something else.
+    """
+
+    def __init__(self, path: str | os.PathLike, dataset=None, encoder=None):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"no complete feature cache at {self.path} ({META_FILE} missing); build it with build_feature_cache"
+            )
+        self.meta = json.loads(meta_path.read_text())
+        self.features = np.load(self.path / FEATURES_FILE, mmap_mode="r")  # (len, 2, N, C) float16
+        expected = (self.meta["dataset_len"], 2, self.meta["num_tokens"], self.meta["feature_dim"])
+        if self.features.shape != expected:
+            raise ValueError(
+                f"{self.path / FEATURES_FILE} has shape {self.features.shape}, but {META_FILE} says {expected}; "
+                "the cache is corrupt: delete the folder and rebuild it"
+            )
+        if dataset is not None or encoder is not None:
+            self.check(dataset=dataset, encoder=encoder)
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.features.shape[2]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.shape[3]
+
+    @property
+    def stats(self) -> FeatureStats:
+        """The statistics stored with the cache."""
+        return load_stats(self.path / STATS_FILE)
+
+    def check(self, dataset=None, encoder=None) -> None:
+        """Raise ValueError naming every field that differs from the given dataset/encoder."""
+        want = {}
+        if dataset is not None:
+            want["dataset_len"] = len(dataset)
+            want["dataset_fingerprint"] = dataset_fingerprint(dataset)
+        if encoder is not None:
+            want.update(encoder=encoder.name, encoder_fingerprint=encoder.fingerprint(), grid=encoder.grid,
+                        num_tokens=encoder.num_tokens, feature_dim=encoder.feature_dim)
+        diffs = [f"{k}: cache {self.meta.get(k)!r} vs given {v!r}" for k, v in want.items() if self.meta.get(k) != v]
+        if diffs:
+            raise ValueError(
+                f"feature cache at {self.path} was built for another dataset/encoder ({'; '.join(diffs)}); "
+                "rebuild it with build_feature_cache or point to the matching cache"
+            )
+
+    def get(self, indices: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
+        """indices (B,) long, flipped (B,) bool -> raw features (B, N, C) float32 (on CPU)."""
+        idx = torch.as_tensor(indices).long().cpu().numpy()
+        flip = torch.as_tensor(flipped).bool().cpu().numpy().astype(np.int64)
+        if idx.shape != flip.shape or idx.ndim != 1:
+            raise ValueError(f"indices {idx.shape} and flipped {flip.shape} must be 1-D and of equal length")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"cache index out of range [0, {len(self)}): min {idx.min()}, max {idx.max()}")
+        return torch.from_numpy(np.asarray(self.features[idx, flip], dtype=np.float32))  # (B, N, C)
