@@ -1,7 +1,7 @@
 """Tests for vco.eval metrics, reference I/O and the FID Inception wrapper.
 
 The Inception tests run the real TF-2015 graph on CPU (~5-11 img/s on 2 cores), so they use
-small real Fashion-MNIST sets (32 images each) and skip when the weights or data are absent.
+small real Fashion-MNIST sets (24 images each, 7 sets) and skip when the weights or data are absent.
 """
 
 from __future__ import annotations
@@ -146,9 +146,9 @@ def test_precision_recall_identical_and_shifted():
     assert p == 1.0 and r == 1.0
     other = rng.normal(size=(400, 32))
     p_same, r_same = precision_recall(real, other, k=3)
-    assert p_same > 0.7 and r_same > 0.7
+    assert p_same > 0.5 and r_same > 0.5  # ~0.7 for k=3 in 32 dims
     p_shift, r_shift = precision_recall(real, other + 1.5, k=3)
-    assert p_shift < 0.3 and r_shift < 0.3
+    assert p_shift < 0.1 and r_shift < 0.1
 
 
 def test_precision_recall_matches_brute_force():
@@ -333,10 +333,10 @@ def _blurred(images: np.ndarray, radius: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def fmnist_feats(inception):
-    """Inception features (32, 2048) of real Fashion-MNIST sets A, B and degraded copies of B."""
+    """Inception features (24, 2048) of real Fashion-MNIST sets A, B and degraded copies of B."""
     if not FMNIST_TRAIN.is_file():
         pytest.skip(f"Fashion-MNIST not found at {FMNIST_TRAIN} (apt-get install dataset-fashion-mnist)")
-    n = 32
+    n = 24  # FID at n=24 is heavily biased (~170 for real vs real) but the ordering holds
     images = _read_idx_images(FMNIST_TRAIN)
     a, b = images[:n], images[n : 2 * n]
     rng = np.random.default_rng(0)

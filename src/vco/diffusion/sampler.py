@@ -20,8 +20,9 @@ from .flow import velocity
 
 
 def guidance_scale(t: float, cfg: SamplerConfig) -> float:
-    t32 = float(torch.tensor(t, dtype=torch.float32))
-    inside = t32 < cfg.interval_max and (cfg.interval_min == 0 or t32 > cfg.interval_min)
+    # Compare in fp32 like the reference (a Python bound meets an fp32 tensor as fp32).
+    t32, lo, hi = torch.tensor([t, cfg.interval_min, cfg.interval_max], dtype=torch.float32).tolist()
+    inside = t32 < hi and (cfg.interval_min == 0 or t32 > lo)
     return cfg.cfg if inside else 1.0
 
 

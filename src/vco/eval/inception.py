@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,7 +190,9 @@ class InceptionFeatures:
     def __init__(self, device: torch.device | str = "cpu", weights_path: str | os.PathLike | None = None):
         self.device = torch.device(device)
         self.weights_path = Path(weights_path) if weights_path is not None else default_weights_path()
-        self.net = torch.jit.load(str(self.weights_path), map_location=self.device).eval()
+        with warnings.catch_warnings():  # torch>=2.10 deprecates TorchScript loading; still works
+            warnings.filterwarnings("ignore", message=".*torch.jit.load.*", category=DeprecationWarning)
+            self.net = torch.jit.load(str(self.weights_path), map_location=self.device).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
 

@@ -129,8 +129,10 @@ class Trainer:
     def loader(self, start: int, end: int) -> DataLoader:
         tc = self.cfg.train
         sampler = StepBatchSampler(self.schedule, start, end, tc.grad_accum)
+        # Its own generator: a DataLoader otherwise draws a seed from the global RNG, which
+        # would make a resumed run diverge from an uninterrupted one.
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
     def train_step(self, micro_batches) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns averaged loss terms."""

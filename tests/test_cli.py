@@ -1,0 +1,42 @@
+"""The vco command end to end (small settings)."""
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from vco.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "vco.cli", *args], capture_output=True, text=True)
+
+
+def test_info_prints_param_count_last():
+    r = run("info", "--preset", "jit-b16")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "params=131123712"
+
+
+def test_train_sample_resume(tmp_path, capsys):
+    out = tmp_path / "R"
+    small = ["--set", "batch_size=16", "synthetic_size=64", "log_every=5", "precision=fp32"]
+    assert main(["train", "--preset", "jit-tiny", "--data", "synthetic", "--steps", "30",
+                 "--out", str(out), "--quiet", *small]) == 0
+    assert main(["sample", "--run", str(out), "--num", "16", "--steps", "10",
+                 "--out", str(tmp_path / "g.png"), "--npz"]) == 0
+    grid = Image.open(tmp_path / "g.png")
+    assert grid.width > 64 and grid.height >= 8 * 64
+    assert main(["train", "--resume", str(out), "--steps", "35", "--quiet"]) == 0
+    assert "resuming" in capsys.readouterr().out
+    assert (out / "metrics.jsonl").read_text().splitlines()[-1].startswith('{"step": 35')
+
+
+def test_clear_errors(tmp_path, capsys):
+    assert main(["train", "--preset", "jit-tiny", "--data", str(tmp_path / "missing"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["info", "--preset", "jit-tiny", "--set", "dept=3"]) == 2
+    assert "depth" in capsys.readouterr().err
+    assert main(["sample", "--run", str(tmp_path)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -1,0 +1,94 @@
+"""Trainer: overfitting, exact resume, EMA, lr schedule, checkpoint errors."""
+import json
+
+import pytest
+import torch
+
+from vco.config import build_config
+from vco.train import CheckpointError, Trainer, load_run_model
+from vco.train.checkpoint import load_tensors
+from vco.train.ema import EMA
+from vco.train.trainer import lr_at
+
+
+def small_cfg(tmp_overrides=()):
+    return build_config("jit-tiny", overrides=[
+        "image_size=16", "hidden_size=64", "depth=2", "num_heads=4", "bottleneck_dim=16",
+        "in_context_len=4", "in_context_start=1", "precision=fp32", "data.name=synthetic",
+        "synthetic_size=8", "batch_size=8", "log_every=1", "ckpt_every=1000", "warmup_steps=0",
+        *tmp_overrides])
+
+
+def test_overfit_eight_images_lowers_loss(tmp_path):
+    cfg = small_cfg(["train.steps=150", "blr=0.01", "P_mean=0.8", "label_drop_prob=0.0",
+                     "hflip=false"])
+    Trainer(cfg, tmp_path / "run").train(progress=False)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < first / 5, (first, last)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    cfg = small_cfg(["train.steps=6"])
+    full = Trainer(cfg, tmp_path / "full")
+    full.train(progress=False)
+
+    cfg3 = small_cfg(["train.steps=3"])
+    Trainer(cfg3, tmp_path / "part").train(progress=False)
+    resumed = Trainer(small_cfg(["train.steps=6"]), tmp_path / "part", resume=True)
+    assert resumed.step == 3
+    resumed.train(progress=False)
+
+    a, b = load_tensors(tmp_path / "full"), load_tensors(tmp_path / "part")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ema_update_formula():
+    lin = torch.nn.Linear(2, 2)
+    ema = EMA(lin, 0.9)
+    before = ema.shadow["weight"].clone()
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    ema.update(lin)
+    assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * lin.weight)
+
+
+def test_lr_warmup_then_constant():
+    assert lr_at(0, 1.0, 4) == 0.25
+    assert lr_at(3, 1.0, 4) == 1.0
+    assert lr_at(1000, 1.0, 4) == 1.0
+    assert lr_at(0, 1.0, 0) == 1.0
+
+
+def test_base_lr_scales_with_global_batch(tmp_path):
+    cfg = small_cfg(["blr=5e-5", "grad_accum=2", "batch_size=4"])
+    assert Trainer(cfg, tmp_path / "r").base_lr == pytest.approx(5e-5 * 8 / 256)
+
+
+def test_no_weight_decay_on_biases_and_norms(tmp_path):
+    trainer = Trainer(small_cfg(["weight_decay=0.05"]), tmp_path / "r")
+    no_decay, decay = trainer.optimizer.param_groups
+    assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert all(p.ndim < 2 for p in no_decay["params"])
+
+
+def test_sampling_weights_and_shape_mismatch(tmp_path):
+    cfg = small_cfg(["train.steps=2"])
+    Trainer(cfg, tmp_path / "r").train(progress=False)
+    model, cfg2, meta = load_run_model(tmp_path / "r", "ema1")
+    assert meta["step"] == 2 and cfg2.model == cfg.model
+    other = small_cfg(["train.steps=2", "hidden_size=32"])
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        Trainer(other, tmp_path / "r", resume=True)
+
+
+def test_truncated_checkpoint_is_rejected(tmp_path):
+    Trainer(small_cfg(["train.steps=1"]), tmp_path / "r").train(progress=False)
+    path = tmp_path / "r" / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_run_model(tmp_path / "r")
