@@ -117,6 +117,7 @@ def cmd_demo(args) -> None:
     summary = trainer.train()
     print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
     model, cfg, meta = load_run_model(run, "ema1")
+    cfg.sampler.steps = args.sample_steps
     labels = class_labels(10 * args.per_class, cfg.model.num_classes)
     images = generate(model, cfg, labels, seed=0, batch_size=100)
     grid = save_grid(images, labels, meta["class_names"], out / "samples.png")
@@ -159,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="jit-tiny")
     p.add_argument("--out", default="demo")
-    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--minutes", type=float, default=9.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=100_000)
-    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--per-class", type=int, default=6)
+    p.add_argument("--sample-steps", type=int, default=25, help="Heun steps (50 in the paper)")
     p.set_defaults(func=cmd_demo)
     return parser
 
