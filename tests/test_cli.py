@@ -40,3 +40,18 @@ def test_clear_errors(tmp_path, capsys):
     assert "depth" in capsys.readouterr().err
     assert main(["sample", "--run", str(tmp_path)]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_info_vco_b16_param_count():
+    assert run("info", "--preset", "vco-b16").stdout.strip().splitlines()[-1] == "params=260666112"
+
+
+def test_stats_command_writes_calibration(tmp_path, capsys):
+    from vco.semantic import load_stats
+    out = tmp_path / "stats.safetensors"
+    assert main(["stats", "--data", "synthetic", "--num", "32", "--out", str(out),
+                 "--set", "synthetic_size=32"]) == 0
+    st = load_stats(out)
+    assert st.var.shape == (64, 96) and st.scale > 0
+    assert main(["stats", "--data", "synthetic", "--out", str(out)]) == 2   # never overwrites
+    assert "exists" in capsys.readouterr().err

@@ -97,6 +97,35 @@ def cmd_info(args) -> None:
     print(f"params={count_params(cfg.model)}")
 
 
+def cmd_stats(args) -> None:
+    from .data import build_dataset
+    from .semantic import build_encoder, load_stats
+    from .semantic.stream import SemanticStream
+    from .train.trainer import resolve_device
+    overrides = _data_overrides(args.data) + [f"semantic.encoder={args.encoder}",
+                                              f"semantic.stats_images={args.num}"]
+    if args.encoder_path:
+        overrides.append(f"semantic.encoder_path={args.encoder_path}")
+    if args.scale is not None:
+        overrides.append(f"semantic.scale={args.scale}")
+    cfg = C.build_config(args.preset, overrides=overrides + _overrides(args))
+    encoder = build_encoder(cfg.semantic.encoder, cfg.model.image_size // cfg.model.patch_size,
+                            **({"path": cfg.semantic.encoder_path} if cfg.semantic.encoder_path else {}))
+    cfg.model.semantic_dim = encoder.feature_dim
+    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
+    out = Path(args.out)
+    if out.exists():
+        raise C.ConfigError(f"{out} exists: choose another --out (nothing was overwritten)")
+    tmp_run = out.parent / f".{out.name}.run"
+    stream = SemanticStream(cfg, dataset, resolve_device(args.device), tmp_run)
+    (tmp_run / "semantic_stats.safetensors").replace(out)
+    tmp_run.rmdir()
+    st = load_stats(out)
+    print(f"{cfg.semantic.encoder}: {st.num_tokens} tokens x {st.feature_dim} channels from "
+          f"{min(args.num, len(dataset))} images (both flips); pixel RMS {st.pixel_rms:.4f}, "
+          f"scale s = {stream.stats.scale:.4f} -> {out}")
+
+
 def cmd_demo(args) -> None:
     from .plots import plot_loss_curves
     from .sampling import class_labels, generate, save_grid
@@ -157,8 +186,20 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("stats", help="semantic feature statistics and RMS scale for a dataset")
+    _config_args(p)
+    p.set_defaults(preset="vco-tiny")
+    p.add_argument("--encoder", default="mobilenet_v2", help="mobilenet_v2 | dinov2")
+    p.add_argument("--encoder-path", help="dinov2: local folder or hub id")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--num", type=int, default=4096, help="images to use (both flips of each)")
+    p.add_argument("--scale", type=float, help="store this RMS factor instead of the measured one")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="statistics file (.safetensors)")
+    p.set_defaults(func=cmd_stats)
+
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
-    p.add_argument("--preset", default="jit-tiny")
+    p.add_argument("--preset", default="vco-tiny")
     p.add_argument("--out", default="demo")
     p.add_argument("--minutes", type=float, default=9.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=100_000)

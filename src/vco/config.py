@@ -37,6 +37,8 @@ class ModelConfig:
     num_classes: int = 10
     attn_dropout: float = 0.0         # applied to the middle half of the blocks, as JiT does
     proj_dropout: float = 0.0
+    semantic_dim: int = 96            # channels of the semantic patch features (V-Co stream)
+    semantic_bottleneck: int = 0      # rank of the semantic input projection; 0 = bottleneck_dim
 
 
 @dataclass
@@ -64,6 +66,22 @@ class DataConfig:
     hflip: bool = True
     num_workers: int = 0
     synthetic_size: int = 512         # number of images of the synthetic dataset
+    classes_per_batch: int = 0        # >0: class-balanced micro-batches of this many classes
+
+
+@dataclass
+class SemanticConfig:
+    """The semantic stream of V-Co: frozen encoder, calibration, loss weights."""
+    encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2
+    encoder_path: Optional[str] = None  # dinov2: local folder or hub id
+    stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
+    stats_images: int = 2048          # images used when the statistics are computed at start
+    scale: Optional[float] = None     # RMS rescale factor s; None: the one stored with the stats
+    loss_weight: float = 0.1          # lambda_d of the semantic v-loss
+    aux_loss: str = "hybrid"          # hybrid | none
+    aux_weight: float = 10.0          # lambda_h
+    gate_tau: float = 10.0            # hybrid loss: attraction gate temperature
+    repulsion_tau: float = 0.2        # hybrid loss: repulsion kernel temperature
 
 
 @dataclass
@@ -90,6 +108,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    semantic: SemanticConfig = field(default_factory=SemanticConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = ""
 
@@ -124,15 +143,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_names() -> list[str]:
-    return sorted(_PRESETS)
-
-
 def _merge(base: dict, update: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in update.items():
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+# V-Co presets: the JiT sizes with a second stream (V-Co Table 5 / official scripts).
+_DINOV2 = dict(encoder="dinov2", encoder_path="facebook/dinov2-with-registers-base", scale=0.485)
+for _size, _cfg_scale in (("b16", 1.8), ("l16", 1.8), ("h16", 1.5)):
+    _PRESETS[f"vco-{_size}"] = _merge(_PRESETS[f"jit-{_size}"], dict(
+        model=dict(arch="vco", semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
+        semantic=_DINOV2, data=dict(classes_per_batch=1), sampler=dict(cfg=_cfg_scale)))
+_PRESETS["vco-tiny"] = _merge(_PRESETS["jit-tiny"], dict(
+    model=dict(arch="vco", semantic_dim=96), data=dict(classes_per_batch=8)))
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
 
 
 def _leaf_paths(cfg: Config) -> list[str]:

@@ -5,7 +5,7 @@ from ..config import DataConfig
 from .base import DataError, TensorImageDataset
 from .fashion_mnist import load_fashion_mnist
 from .folder import ImageFolderDataset
-from .schedule import BatchSchedule, StepBatchSampler
+from .schedule import BatchSchedule, ClassBalancedSchedule, StepBatchSampler
 from .synthetic import make_synthetic
 
 
@@ -24,5 +24,5 @@ def build_dataset(cfg: DataConfig, image_size: int, num_classes: int):
     raise DataError(f"unknown data '{cfg.name}': use fashion-mnist, fashion-mnist-test, synthetic, "
                     "or a class-per-folder directory")
 
-__all__ = ["DataError", "TensorImageDataset", "ImageFolderDataset", "BatchSchedule",
+__all__ = ["DataError", "TensorImageDataset", "ImageFolderDataset", "BatchSchedule", "ClassBalancedSchedule",
            "StepBatchSampler", "build_dataset", "load_fashion_mnist", "make_synthetic"]

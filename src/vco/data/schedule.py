@@ -53,3 +53,39 @@ class StepBatchSampler(Sampler):
         for step in range(self.start, self.end):
             for micro in range(self.accum):
                 yield self.schedule.micro_batch(step, micro, self.accum, self.rank, self.world)
+
+
+class ClassBalancedSchedule(BatchSchedule):
+    """Each micro-batch of each rank holds ``classes_per_batch`` classes x m samples, so that a
+    loss comparing same-class samples (V-Co's hybrid loss) sees several of each class locally.
+
+    Classes and members are drawn afresh per step from a generator seeded by (seed, step):
+    still a pure function of the step, so resuming is exact.
+    """
+
+    def __init__(self, labels: torch.Tensor, global_batch: int, chunks: int, classes_per_batch: int,
+                 seed: int = 0):
+        super().__init__(len(labels), global_batch, seed)
+        per_chunk = global_batch // chunks
+        if per_chunk % classes_per_batch:
+            raise DataError(f"a micro-batch of {per_chunk} images cannot hold {classes_per_batch} "
+                            f"classes equally: make train.batch_size a multiple of data.classes_per_batch")
+        self.members = [torch.nonzero(labels == k).flatten() for k in range(int(labels.max()) + 1)]
+        self.present = torch.tensor([k for k, m in enumerate(self.members) if len(m)])
+        if classes_per_batch > len(self.present):
+            raise DataError(f"data.classes_per_batch={classes_per_batch} but the data has only "
+                            f"{len(self.present)} non-empty classes")
+        self.chunks, self.k, self.m = chunks, classes_per_batch, per_chunk // classes_per_batch
+
+    def global_indices(self, step: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        out = []
+        for _ in range(self.chunks):
+            for c in self.present[torch.randperm(len(self.present), generator=g)[:self.k]].tolist():
+                members = self.members[c]
+                if len(members) >= self.m:
+                    pick = torch.randperm(len(members), generator=g)[:self.m]
+                else:  # a small class is drawn with replacement
+                    pick = torch.randint(len(members), (self.m,), generator=g)
+                out.append(members[pick])
+        return torch.cat(out)

@@ -50,17 +50,37 @@ def drop_labels(y: torch.Tensor, drop: torch.Tensor, num_classes: int) -> torch.
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
-def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig,
-                  num_classes: int, generator: torch.Generator | None = None) -> dict:
-    """One JiT training objective on clean images x (B, C, H, W) in [-1, 1] and labels y (B,).
+def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig, num_classes: int,
+                  generator: torch.Generator | None = None, semantic: torch.Tensor | None = None,
+                  semantic_weight: float = 0.1, aux=None, aux_weight: float = 0.0) -> dict:
+    """The training objective on clean images x (B, C, H, W) in [-1, 1] and labels y (B,).
 
-    Random draws in the official order: CFG drop, t, noise. Returns {"loss": scalar, "pix": ...}.
+    JiT: L = L_pix. V-Co (``semantic`` = clean calibrated features (B, N, C)): both streams are
+    noised at the same t with their own noise; one Bernoulli(label_drop_prob) per sample drops
+    the label AND the semantic->pixel attention pathway; L = L_pix + w_d L_sem + w_h L_aux, where
+    L_sem averages only over the kept samples. Random draws in the official order: drop, t,
+    pixel noise, semantic noise. Returns the total "loss" and each term (detached).
     """
     b, dev = x.shape[0], x.device
     drop = torch.rand(b, generator=generator, device=dev) < cfg.label_drop_prob
     t = sample_t(b, cfg, generator, dev)
-    eps = torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype)
-    z = add_noise(x, t, eps, cfg.noise_scale)
-    x_pred, _ = model(z, t, drop_labels(y, drop, num_classes))
+    z = add_noise(x, t, torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype),
+                  cfg.noise_scale)
+    y_in = drop_labels(y, drop, num_classes)
+    if semantic is None:
+        x_pred, _ = model(z, t, y_in)
+        pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
+        return {"loss": pix, "pix": pix.detach()}
+    eps_f = torch.randn(semantic.shape, generator=generator, device=dev, dtype=semantic.dtype)
+    z_f = add_noise(semantic, t, eps_f, cfg.noise_scale)
+    x_pred, f_pred = model(z, t, y_in, z_f, drop=drop)
     pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
-    return {"loss": pix, "pix": pix.detach()}
+    sem = masked_mean(v_loss(f_pred, semantic, z_f, t, cfg.t_eps), ~drop)
+    loss = pix + semantic_weight * sem
+    terms = {"pix": pix.detach(), "sem": sem.detach()}
+    if aux is not None:
+        # the auxiliary loss sees the true labels, dropped samples included (official grouping)
+        aux_value = aux(x_pred.float(), x, y)
+        loss = loss + aux_weight * aux_value
+        terms["aux"] = aux_value.detach()
+    return {"loss": loss, **terms}

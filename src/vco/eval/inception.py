@@ -107,7 +107,8 @@ def nv_bilinear_resize(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Ten
 
 def _as_uint8_nchw(images) -> torch.Tensor:
     """Validate a uint8 batch ``(B, 1|3, H, W)`` (numpy or torch) and return a 3-channel tensor."""
-    x = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # copy: may be read-only
+    # np.array copies the (small) batch: from_numpy rejects read-only arrays such as np.frombuffer
+    x = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a uint8 numpy array or torch tensor, got {type(images).__name__}")
     if x.dtype != torch.uint8:
@@ -137,17 +138,22 @@ def _num_images(images) -> int | None:
         return None
 
 
-def _iter_chunks(images) -> Iterator[torch.Tensor]:
-    """Yield uint8 NCHW tensors from an array/tensor or an iterable of images or batches."""
+def _iter_chunks(images, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield uint8 NCHW tensors: ``batch_size`` slices of an array/tensor (no full copy), or the
+    items of an iterable of single images ``(C, H, W)`` / batches ``(b, C, H, W)``."""
     if isinstance(images, (np.ndarray, torch.Tensor)):
-        yield _as_uint8_nchw(images if images.ndim == 4 else images[None])
+        images = images if images.ndim == 4 else images[None]
+        for start in range(0, images.shape[0], batch_size):
+            yield _as_uint8_nchw(images[start : start + batch_size])
         return
     for item in images:
-        item = torch.from_numpy(np.asarray(item)) if not isinstance(item, torch.Tensor) else item
+        item = torch.from_numpy(np.array(item)) if not isinstance(item, torch.Tensor) else item
         yield _as_uint8_nchw(item[None] if item.ndim == 3 else item)
 
 
-def batched(images, batch_size: int, progress: bool = True, desc: str = "inception") -> Iterator[torch.Tensor]:
+def batched(
+    images, batch_size: int, progress: bool = True, desc: str = "inception"
+) -> Iterator[torch.Tensor]:
     """Re-batch images into uint8 ``(<=batch_size, 3, H, W)`` tensors with a tqdm bar.
 
     ``images``: uint8 array/tensor ``(N, 1|3, H, W)``, or an iterable yielding single images
@@ -163,7 +169,7 @@ def batched(images, batch_size: int, progress: bool = True, desc: str = "incepti
     pending: list[torch.Tensor] = []
     count = 0
     try:
-        for chunk in _iter_chunks(images):
+        for chunk in _iter_chunks(images, batch_size):
             pending.append(chunk)
             count += chunk.shape[0]
             while count >= batch_size:
@@ -212,7 +218,8 @@ class InceptionFeatures:
 
     def extract(self, images, batch_size: int = 32, progress: bool = True) -> np.ndarray:
         """Features of a whole image set as float64 numpy ``(N, 2048)`` (see :func:`batched`)."""
-        feats = [self.features(b).cpu().double().numpy() for b in batched(images, batch_size, progress)]
+        batches = batched(images, batch_size, progress)
+        feats = [self.features(b).cpu().double().numpy() for b in batches]
         if not feats:
             raise ValueError("no images to extract features from")
         return np.concatenate(feats)

@@ -58,8 +58,8 @@ def _sqrtm(a: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _check_gaussians(mu1, sigma1, mu2, sigma2):
     """Cast to float64 and validate shapes ``mu (D,)``, ``sigma (D, D)``."""
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     d = mu1.shape[0]
     if mu1.ndim != 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(
@@ -68,7 +68,9 @@ def _check_gaussians(mu1, sigma1, mu2, sigma2):
     return mu1, sigma1, mu2, sigma2
 
 
-def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float, imag_atol: float) -> float:
+def _trace_sqrt_product_sqrtm(
+    sigma1: np.ndarray, sigma2: np.ndarray, eps: float, imag_atol: float
+) -> float:
     """``tr sqrtm(sigma1 sigma2)`` with scipy's Schur sqrtm, guarded as in pytorch-fid.
 
     If the product is near-singular (root not finite or residual > 1e-5), ``eps * I`` is added
@@ -261,7 +263,9 @@ def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
     return float((sum_xx + sum_yy) / (m * (m - 1)) - 2.0 * k_xy.sum() / (m * m))
 
 
-def kid(real_feats, fake_feats, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kid(
+    real_feats, fake_feats, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Kernel Inception Distance ``(mean, std)`` of unbiased MMD^2 over random subsets.
 
     Each of ``subsets`` rounds draws ``subset_size`` rows without replacement from each set
@@ -275,10 +279,11 @@ def kid(real_feats, fake_feats, subsets: int = 100, subset_size: int = 1000, see
     if m < 2:
         raise ValueError(f"KID needs at least 2 samples per set, got {real.shape[0]} and {fake.shape[0]}")
     rng = np.random.default_rng(seed)
-    values = [
-        _mmd2_unbiased(real[rng.choice(real.shape[0], m, replace=False)], fake[rng.choice(fake.shape[0], m, replace=False)])
-        for _ in range(subsets)
-    ]
+    values = []
+    for _ in range(subsets):
+        x = real[rng.choice(real.shape[0], m, replace=False)]
+        y = fake[rng.choice(fake.shape[0], m, replace=False)]
+        values.append(_mmd2_unbiased(x, y))
     return float(np.mean(values)), float(np.std(values))
 
 

@@ -96,7 +96,9 @@ def load_reference(path: str | os.PathLike, load_images: bool = False) -> Refere
                 f"{path}: no usable reference statistics (need 'mu' and 'sigma', or 'feats'); "
                 f"keys found: {keys}{hint}"
             )
-        images = _to_nchw_uint8(data[image_key], f"{path}[{image_key}]") if load_images and image_key else None
+        images = None
+        if load_images and image_key:
+            images = _to_nchw_uint8(data[image_key], f"{path}[{image_key}]")
         extras = {k: np.asarray(data[k], np.float64) for k in _EXTRA_KEYS if k in keys}
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
@@ -159,7 +161,9 @@ def _load_npz_images(path: Path) -> np.ndarray:
     with np.load(path, allow_pickle=False) as data:
         key = _first_key(data.files, _IMAGE_KEYS)
         if key is None:
-            raise ValueError(f"{path}: no image array found (need one of {list(_IMAGE_KEYS)}); keys found: {data.files}")
+            raise ValueError(
+                f"{path}: no image array found (need one of {list(_IMAGE_KEYS)}); keys found: {data.files}"
+            )
         return _to_nchw_uint8(data[key], f"{path}[{key}]")
 
 

@@ -6,8 +6,9 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from .jit import JiT
+from .vco import VCo
 
-MODELS = {"jit": JiT}
+MODELS = {"jit": JiT, "vco": VCo}
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> nn.Module:

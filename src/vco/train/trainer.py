@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import Config, from_dict, save_config, to_dict
-from ..data import BatchSchedule, DataError, StepBatchSampler, build_dataset
+from ..data import BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSampler, build_dataset
 from ..diffusion import training_loss
 from ..models import build_model
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
@@ -86,7 +86,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=self.base_lr,
                                            betas=tuple(tc.betas))
         self.emas = [EMA(self.model, d) for d in tc.ema_decays]
-        self.schedule = BatchSchedule(len(self.dataset), self.global_batch, tc.seed)
+        if cfg.data.classes_per_batch > 0:
+            self.schedule = ClassBalancedSchedule(self.dataset.labels, self.global_batch, tc.grad_accum,
+                                                  cfg.data.classes_per_batch, tc.seed)
+        else:
+            self.schedule = BatchSchedule(len(self.dataset), self.global_batch, tc.seed)
+        self.semantic = None
+        if cfg.model.arch != "jit":
+            from ..semantic.stream import SemanticStream
+            self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.step = 0
         if resume:
@@ -148,8 +156,14 @@ class Trainer:
                 flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
-                                      self.generator)
+                if self.semantic is None:
+                    terms = training_loss(self.model, x, y, self.cfg.diffusion,
+                                          self.cfg.model.num_classes, self.generator)
+                else:
+                    s = self.semantic
+                    terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
+                                          self.generator, semantic=s.targets(x), semantic_weight=s.weight,
+                                          aux=s.aux, aux_weight=s.aux_weight)
             (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum

@@ -1,0 +1,72 @@
+"""The MMDiT-style dual-stream block: separate weights per stream, joint attention.
+
+Each stream (pixels, semantic features) has its own norms, adaLN, qkv, q/k norms, output
+projection and MLP; the only interaction is one attention over the concatenated sequence
+[pixel tokens ; semantic tokens], in every block. The structural CFG mask stops the pixel queries
+of unconditional samples from reading the semantic keys (V-Co §4).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention
+from .layers import RMSNorm, SwiGLU, modulate
+
+
+class StreamLayers(nn.Module):
+    """One stream's share of a dual-stream block."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
+        super().__init__()
+        self.norm1 = RMSNorm(hidden)
+        self.attn = Attention(hidden, num_heads, attn_drop, proj_drop)
+        self.norm2 = RMSNorm(hidden)
+        self.mlp = SwiGLU(hidden, mlp_ratio, drop=proj_drop)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+
+def pixel_blind_mask(drop: torch.Tensor, n_pixel: int, n_semantic: int) -> torch.Tensor:
+    """Boolean SDPA mask (B, 1, S, S), True = may attend: the pixel queries of dropped samples
+    see no semantic key (their in-context tokens included); everything else sees everything."""
+    s = n_pixel + n_semantic
+    mask = torch.ones(drop.shape[0], 1, s, s, dtype=torch.bool, device=drop.device)
+    mask[:, :, :n_pixel, n_pixel:] = ~drop.view(-1, 1, 1, 1)
+    return mask
+
+
+def joint_attention(q, k, v, n_pixel: int, drop: torch.Tensor | None, dropout_p: float = 0.0):
+    """SDPA over both streams; q, k, v: (B, heads, S, d) with the pixel stream first."""
+    mask = None
+    if drop is not None and bool(drop.any()):  # skip all masking work when no sample is dropped
+        mask = pixel_blind_mask(drop, n_pixel, q.shape[2] - n_pixel)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class DualStreamBlock(nn.Module):
+    """forward(xs, c, rope, drop) with xs = [pixel (B, Np, H), semantic (B, Ns, H)]."""
+
+    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        self.pixel = StreamLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
+        self.semantic = StreamLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
+        self.attn_drop = attn_drop
+
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, rope, drop: torch.Tensor | None):
+        streams = (self.pixel, self.semantic)
+        mods = [s.adaLN_modulation(c).chunk(6, dim=-1) for s in streams]
+        qkv = [s.attn.qkv_heads(modulate(s.norm1(x), m[0], m[1]), rope)
+               for s, x, m in zip(streams, xs, mods)]
+        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))
+        n_pixel = xs[0].shape[1]
+        o = joint_attention(q, k, v, n_pixel, drop, self.attn_drop if self.training else 0.0)
+        outs = (o[:, :, :n_pixel], o[:, :, n_pixel:])
+        result = []
+        for s, x, m, o_s in zip(streams, xs, mods, outs):
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = m
+            x = x + gate_msa.unsqueeze(1) * s.attn.output(o_s)
+            x = x + gate_mlp.unsqueeze(1) * s.mlp(modulate(s.norm2(x), shift_mlp, scale_mlp))
+            result.append(x)
+        return result

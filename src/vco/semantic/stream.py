@@ -1,0 +1,56 @@
+"""The semantic stream of a training run: frozen encoder -> calibrated clean targets, and the
+auxiliary loss in the same encoder's pooled feature space."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..config import Config, ConfigError
+from ..losses.hybrid import HybridLoss
+from . import build_encoder, compute_stats, load_stats, save_stats
+
+STATS_NAME = "semantic_stats.safetensors"
+
+
+class SemanticStream:
+    def __init__(self, cfg: Config, dataset, device: torch.device, run_dir: Path):
+        sc, mc = cfg.semantic, cfg.model
+        kw = {"path": sc.encoder_path} if sc.encoder == "dinov2" and sc.encoder_path else {}
+        self.encoder = build_encoder(sc.encoder, mc.image_size // mc.patch_size, **kw).to(device)
+        if self.encoder.feature_dim != mc.semantic_dim:
+            raise ConfigError(f"encoder {sc.encoder} gives {self.encoder.feature_dim} channels but "
+                              f"model.semantic_dim is {mc.semantic_dim}: "
+                              f"--set semantic_dim={self.encoder.feature_dim}")
+        self.stats = self._stats(cfg, dataset, device, Path(run_dir)).to(device)
+        self.stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
+        if sc.aux_loss == "hybrid":
+            self.aux = HybridLoss(self.encoder, sc.gate_tau, sc.repulsion_tau)
+        elif sc.aux_loss == "none":
+            self.aux = None
+        else:
+            raise ConfigError(f"unknown semantic.aux_loss '{sc.aux_loss}': use hybrid or none")
+        self.weight, self.aux_weight = sc.loss_weight, sc.aux_weight
+
+    def _stats(self, cfg: Config, dataset, device, run_dir: Path):
+        sc = cfg.semantic
+        if sc.stats:
+            return load_stats(sc.stats, scale=sc.scale)
+        own = run_dir / STATS_NAME
+        if own.is_file():                                  # a resumed run keeps its statistics
+            return load_stats(own, scale=sc.scale)
+        n = min(sc.stats_images, len(dataset))
+        idx = torch.linspace(0, len(dataset) - 1, n).long().tolist()
+        batches = (torch.stack([dataset[i][0] for i in idx[k:k + 64]]).float() / 127.5 - 1
+                   for k in range(0, n, 64))
+        # both flips, as training sees them
+        batches = (torch.cat([b, b.flip(-1)]) for b in batches)
+        stats = compute_stats(self.encoder, batches, scale=sc.scale, device=device)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_stats(stats, own)
+        return stats
+
+    @torch.no_grad()
+    def targets(self, x: torch.Tensor) -> torch.Tensor:
+        """Clean calibrated semantic features (B, N, C) of images x in [-1, 1]."""
+        return self.stats.normalize(self.encoder.patch_features(x).float())
