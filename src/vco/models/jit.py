@@ -20,8 +20,9 @@ def middle_half(i: int, depth: int) -> bool:
     return depth // 4 <= i < depth // 4 * 3
 
 
-class JiT(nn.Module):
-    """forward(x_t, t, y) -> (x_pred, None); x_t: (B, C, H, W) noisy image, t: (B,), y: (B,)."""
+class PixelDiffusionTransformer(nn.Module):
+    """What JiT and V-Co share: conditioning (t, label), the pixel patch embedding, the fixed
+    sin-cos position embedding, the in-context token embedding and the RoPE tables."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -36,22 +37,32 @@ class JiT(nn.Module):
         self.register_buffer("pos_embed", sincos_pos_embed_2d(h, self.grid))    # (1, N, H), fixed
         self.in_context_posemb = nn.Parameter(torch.randn(1, cfg.in_context_len, h) * 0.02)
         self.rope = Rope2D(h // cfg.num_heads, self.grid)
-        self.blocks = nn.ModuleList([
-            JiTBlock(h, cfg.num_heads, cfg.mlp_ratio,
-                     cfg.attn_dropout if middle_half(i, cfg.depth) else 0.0,
-                     cfg.proj_dropout if middle_half(i, cfg.depth) else 0.0)
-            for i in range(cfg.depth)])
-        self.final_layer = FinalLayer(h, p * p * cfg.in_channels)
-        init_jit_weights(self)
+
+    def block_dropouts(self, i: int) -> tuple[float, float]:
+        """(attention, projection) dropout of block i: JiT uses it in the middle half only."""
+        cfg = self.cfg
+        return (cfg.attn_dropout, cfg.proj_dropout) if middle_half(i, cfg.depth) else (0.0, 0.0)
 
     @property
     def uses_in_context(self) -> bool:
         return self.cfg.in_context_len > 0 and self.cfg.in_context_start < self.cfg.depth
 
     def stream_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        """Shapes of the states the sampler integrates: pixels only."""
+        """Shapes of the states the sampler integrates, pixels first."""
         c = self.cfg
         return [(batch, c.in_channels, c.image_size, c.image_size)]
+
+
+class JiT(PixelDiffusionTransformer):
+    """forward(x_t, t, y) -> (x_pred, None); x_t: (B, C, H, W) noisy image, t: (B,), y: (B,)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        h = cfg.hidden_size
+        self.blocks = nn.ModuleList([JiTBlock(h, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
+                                     for i in range(cfg.depth)])
+        self.final_layer = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
+        init_jit_weights(self)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, sem=None, drop=None):
         cfg = self.cfg

@@ -10,11 +10,9 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..nn.attention import Rope2D
 from ..nn.dual_stream import DualStreamBlock
-from ..nn.layers import (BottleneckPatchEmbed, FinalLayer, LabelEmbedder, TimestepEmbedder,
-                         init_jit_weights, sincos_pos_embed_2d, unpatchify)
-from .jit import in_context_tokens, middle_half
+from ..nn.layers import FinalLayer, init_jit_weights, unpatchify
+from .jit import PixelDiffusionTransformer, in_context_tokens
 
 
 class SemanticEmbed(nn.Module):
@@ -29,7 +27,7 @@ class SemanticEmbed(nn.Module):
         return self.proj2(self.proj1(f))
 
 
-class VCo(nn.Module):
+class VCo(PixelDiffusionTransformer):
     """forward(x_t, t, y, f_t, drop) -> (x_pred (B, C, H, W), f_pred (B, N, semantic_dim)).
 
     ``drop`` (B,) bool marks the structurally unconditional samples: their pixel queries are
@@ -37,39 +35,21 @@ class VCo(nn.Module):
     """
 
     def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        h, p = cfg.hidden_size, cfg.patch_size
-        if cfg.image_size % p:
-            raise ValueError(f"image_size {cfg.image_size} is not a multiple of patch_size {p}")
-        self.grid = cfg.image_size // p
-        self.t_embedder = TimestepEmbedder(h)
-        self.y_embedder = LabelEmbedder(cfg.num_classes, h)
-        self.x_embedder = BottleneckPatchEmbed(p, cfg.in_channels, cfg.bottleneck_dim, h)
+        super().__init__(cfg)
+        h = cfg.hidden_size
         self.s_embedder = SemanticEmbed(cfg.semantic_dim, cfg.semantic_bottleneck or cfg.bottleneck_dim, h)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(h, self.grid))    # (1, N, H), fixed
-        self.in_context_posemb = nn.Parameter(torch.randn(1, cfg.in_context_len, h) * 0.02)
-        self.rope = Rope2D(h // cfg.num_heads, self.grid)
         self.blocks = nn.ModuleList([
-            DualStreamBlock(h, cfg.num_heads, cfg.mlp_ratio,
-                            cfg.attn_dropout if middle_half(i, cfg.depth) else 0.0,
-                            cfg.proj_dropout if middle_half(i, cfg.depth) else 0.0)
+            DualStreamBlock(h, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
             for i in range(cfg.depth)])
-        self.pixel_head = FinalLayer(h, p * p * cfg.in_channels)
+        self.pixel_head = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
         self.semantic_head = FinalLayer(h, cfg.semantic_dim)
         init_jit_weights(self)
         # The official code leaves the semantic input projections at PyTorch's default init.
         self.s_embedder.proj1.reset_parameters()
         self.s_embedder.proj2.reset_parameters()
 
-    @property
-    def uses_in_context(self) -> bool:
-        return self.cfg.in_context_len > 0 and self.cfg.in_context_start < self.cfg.depth
-
     def stream_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        c = self.cfg
-        return [(batch, c.in_channels, c.image_size, c.image_size),
-                (batch, self.grid ** 2, c.semantic_dim)]
+        return super().stream_shapes(batch) + [(batch, self.grid ** 2, self.cfg.semantic_dim)]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, f: torch.Tensor,
                 drop: torch.Tensor | None = None):

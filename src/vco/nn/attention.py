@@ -82,8 +82,9 @@ class Attention(nn.Module):
         return self.output(F.scaled_dot_product_attention(q, k, v, dropout_p=drop))
 
 
-class JiTBlock(nn.Module):
-    """Pre-norm transformer block with adaLN-Zero: 6 modulation vectors from c."""
+class BlockLayers(nn.Module):
+    """The weights of one pre-norm block: norms, attention, SwiGLU MLP and the adaLN linear
+    (6 modulation vectors from c). JiT's block, and each stream of a dual-stream block."""
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -93,6 +94,10 @@ class JiTBlock(nn.Module):
         self.norm2 = RMSNorm(hidden)
         self.mlp = SwiGLU(hidden, mlp_ratio, drop=proj_drop)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+
+
+class JiTBlock(BlockLayers):
+    """Pre-norm transformer block with adaLN-Zero gating."""
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \

@@ -11,20 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention
-from .layers import RMSNorm, SwiGLU, modulate
-
-
-class StreamLayers(nn.Module):
-    """One stream's share of a dual-stream block."""
-
-    def __init__(self, hidden: int, num_heads: int, mlp_ratio: float, attn_drop: float, proj_drop: float):
-        super().__init__()
-        self.norm1 = RMSNorm(hidden)
-        self.attn = Attention(hidden, num_heads, attn_drop, proj_drop)
-        self.norm2 = RMSNorm(hidden)
-        self.mlp = SwiGLU(hidden, mlp_ratio, drop=proj_drop)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
+from .attention import BlockLayers
+from .layers import modulate
 
 
 def pixel_blind_mask(drop: torch.Tensor, n_pixel: int, n_semantic: int) -> torch.Tensor:
@@ -50,8 +38,8 @@ class DualStreamBlock(nn.Module):
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
-        self.pixel = StreamLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
-        self.semantic = StreamLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
+        self.pixel = BlockLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
+        self.semantic = BlockLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
         self.attn_drop = attn_drop
 
     def forward(self, xs: list[torch.Tensor], c: torch.Tensor, rope, drop: torch.Tensor | None):
