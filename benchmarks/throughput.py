@@ -3,24 +3,24 @@ the same run.
 
     python benchmarks/throughput.py [--presets jit-tiny] [--batch 64] [--precisions fp32 bf16]
 
-Prints one block per (preset, precision) and a summary table. FLOPs are counted with
-torch.utils.flop_counter on one real step (matmuls and attention), so the ratio is the
-model's useful arithmetic over the best the hardware showed for a large matmul.
+Prints one block per (preset, precision) and a summary table. One training step is the
+trainer's own (for V-Co: encoder targets, dual-stream model, hybrid loss through the frozen
+encoder). FLOPs are counted with torch.utils.flop_counter on one real step (matmuls, convs and
+attention), so the ratio is the useful arithmetic over the best a large matmul showed.
 """
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from vco.config import build_config
-from vco.data import make_synthetic
-from vco.diffusion import training_loss
 from vco.models import build_model, count_params
 from vco.sampling import generate
-from vco.train.trainer import param_groups
+from vco.train import Trainer
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 5) -> float:
@@ -42,20 +42,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench_train(cfg, batch: int, precision: str, steps: int, device: str) -> dict:
-    model = build_model(cfg.model, device).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.0), lr=1e-4, betas=(0.9, 0.95))
-    data = make_synthetic(batch, cfg.model.image_size, cfg.model.num_classes)
-    x = data.images.expand(-1, 3, -1, -1).to(device).float() / 127.5 - 1
-    y = data.labels.to(device)
-    gen = torch.Generator(device).manual_seed(0)
+def bench_train(cfg, batch: int, precision: str, steps: int, device: str, run_dir: str) -> dict:
+    """Time the trainer's own optimizer step (V-Co: semantic targets and hybrid loss included)."""
+    cfg.train.batch_size, cfg.train.precision, cfg.train.device = batch, precision, device
+    cfg.data.name, cfg.data.synthetic_size = "synthetic", max(batch, 64)
+    cfg.semantic.stats_images = 64
+    trainer = Trainer(cfg, run_dir)
+    loader = iter(trainer.loader(0, steps + 1))
 
     def step():
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = training_loss(model, x, y, cfg.diffusion, cfg.model.num_classes, gen)["loss"]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        trainer.train_step([next(loader)])
 
     with FlopCounterMode(display=False) as counter:
         step()                                  # also the warm-up step
@@ -88,7 +84,7 @@ def bench_sample(cfg, batch: int, precision: str, sample_steps: int, device: str
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--presets", nargs="+", default=["jit-tiny"])
+    p.add_argument("--presets", nargs="+", default=["jit-tiny", "vco-tiny"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
@@ -107,7 +103,8 @@ def main() -> None:
         for precision in args.precisions:
             cfg = build_config(preset, overrides=args.set)
             r = {"preset": preset, "precision": precision, "params": count_params(cfg.model)}
-            r.update(bench_train(cfg, args.batch, precision, args.steps, args.device))
+            with tempfile.TemporaryDirectory() as run_dir:
+                r.update(bench_train(cfg, args.batch, precision, args.steps, args.device, run_dir))
             r.update(bench_sample(cfg, args.sample_batch, precision, args.sample_steps, args.device))
             r["frac_bf16_peak"] = r["gflops_s"] / peaks["bf16"]
             r["frac_own_peak"] = r["gflops_s"] / peaks[precision]

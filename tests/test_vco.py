@@ -164,3 +164,23 @@ def test_vco_tiny_trains_and_samples(tmp_path):
     cfg2.sampler.steps = 2
     imgs = generate(model, cfg2, torch.tensor([0, 1]), progress=False)
     assert imgs.shape == (2, 3, 16, 16) and imgs.dtype == torch.uint8
+
+
+def test_training_reads_targets_from_the_feature_cache(tmp_path):
+    from vco.cli import main
+    from vco.train import Trainer
+    base = {"data.name": "synthetic", "synthetic_size": 32, "batch_size": 8, "classes_per_batch": 2,
+            "train.steps": 2, "precision": "fp32", "semantic_dim": 96}
+    ov = ["image_size=16", "hidden_size=32", "depth=3", "num_heads=2", "bottleneck_dim=8",
+          "in_context_len=2", "in_context_start=1", "synthetic_size=32"]
+    assert main(["cache", "--data", "synthetic", "--out", str(tmp_path / "cache"), "--set", *ov]) == 0
+    trainer = Trainer(tiny_vco(**base, **{"semantic.cache": tmp_path / "cache"}), tmp_path / "r")
+    images, _ = next(iter(trainer.loader(0, 1)))
+    x = images.float() / 127.5 - 1
+    flip = torch.tensor([True, False] * 4)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    s = trainer.semantic
+    from_cache = s.targets(x, trainer.indices(0), flip)
+    fresh = s.stats.normalize(s.encoder.patch_features(x))
+    assert torch.allclose(from_cache, fresh, atol=2e-2, rtol=2e-3)     # fp16 storage
+    assert math.isfinite(trainer.train(progress=False)["last_loss"])

@@ -126,6 +126,25 @@ def cmd_stats(args) -> None:
           f"scale s = {stream.stats.scale:.4f} -> {out}")
 
 
+def cmd_cache(args) -> None:
+    from .data import build_dataset
+    from .semantic import build_encoder, build_feature_cache, load_stats
+    from .train.trainer import resolve_device
+    cfg = C.build_config(args.preset, args.config, _data_overrides(args.data) + _overrides(args))
+    sc = cfg.semantic
+    encoder = build_encoder(sc.encoder, cfg.model.image_size // cfg.model.patch_size,
+                            **({"path": sc.encoder_path} if sc.encoder_path else {}))
+    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
+    out = Path(args.out)
+    if out.exists():
+        raise C.ConfigError(f"{out} exists: choose another --out (nothing was overwritten)")
+    stats = load_stats(sc.stats, scale=sc.scale) if sc.stats else None
+    cache = build_feature_cache(encoder, stats, dataset, out, batch_size=args.batch_size,
+                                device=resolve_device(args.device))
+    print(f"cached {len(cache)} images x 2 flips x {cache.num_tokens} tokens x {cache.feature_dim} "
+          f"channels -> {out}; train with --set semantic.cache={out}")
+
+
 def cmd_demo(args) -> None:
     from .plots import plot_loss_curves
     from .sampling import class_labels, generate, save_grid
@@ -197,6 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="statistics file (.safetensors)")
     p.set_defaults(func=cmd_stats)
+
+    p = sub.add_parser("cache", help="precompute the semantic features of a dataset (both flips)")
+    _config_args(p)
+    p.set_defaults(preset="vco-tiny")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, help="cache folder to create")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="vco-tiny")

@@ -75,6 +75,7 @@ class SemanticConfig:
     encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2
     encoder_path: Optional[str] = None  # dinov2: local folder or hub id
     stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
+    cache: Optional[str] = None       # a `vco cache` folder: targets read from disk, not the encoder
     stats_images: int = 2048          # images used when the statistics are computed at start
     scale: Optional[float] = None     # RMS rescale factor s; None: the one stored with the stats
     loss_weight: float = 0.1          # lambda_d of the semantic v-loss

@@ -8,7 +8,7 @@ import torch
 
 from ..config import Config, ConfigError
 from ..losses.hybrid import HybridLoss
-from . import build_encoder, compute_stats, load_stats, save_stats
+from . import FeatureCache, build_encoder, compute_stats, load_stats, save_stats
 
 STATS_NAME = "semantic_stats.safetensors"
 
@@ -22,6 +22,9 @@ class SemanticStream:
             raise ConfigError(f"encoder {sc.encoder} gives {self.encoder.feature_dim} channels but "
                               f"model.semantic_dim is {mc.semantic_dim}: "
                               f"--set semantic_dim={self.encoder.feature_dim}")
+        # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
+        # pass for the targets; the hybrid loss still runs the encoder on x_pred.
+        self.cache = FeatureCache(sc.cache, dataset, self.encoder) if sc.cache else None
         self.stats = self._stats(cfg, dataset, device, Path(run_dir)).to(device)
         self.stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
         if sc.aux_loss == "hybrid":
@@ -36,6 +39,9 @@ class SemanticStream:
         sc = cfg.semantic
         if sc.stats:
             return load_stats(sc.stats, scale=sc.scale)
+        if self.cache is not None:
+            stats = self.cache.stats
+            return stats.with_scale(sc.scale) if sc.scale is not None else stats
         own = run_dir / STATS_NAME
         if own.is_file():                                  # a resumed run keeps its statistics
             return load_stats(own, scale=sc.scale)
@@ -51,6 +57,11 @@ class SemanticStream:
         return stats
 
     @torch.no_grad()
-    def targets(self, x: torch.Tensor) -> torch.Tensor:
-        """Clean calibrated semantic features (B, N, C) of images x in [-1, 1]."""
-        return self.stats.normalize(self.encoder.patch_features(x).float())
+    def targets(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor) -> torch.Tensor:
+        """Clean calibrated semantic features (B, N, C) of the (already flipped) images x in
+        [-1, 1], dataset items ``indices``; from the cache when there is one."""
+        if self.cache is not None:
+            raw = self.cache.get(torch.tensor(indices), flipped.cpu()).to(x.device)
+        else:
+            raw = self.encoder.patch_features(x).float()
+        return self.stats.normalize(raw)

@@ -142,6 +142,10 @@ class Trainer:
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
+    def indices(self, micro: int) -> list[int]:
+        """Dataset indices of micro-batch ``micro`` of the current step (the loader's order)."""
+        return self.schedule.micro_batch(self.step, micro, self.cfg.train.grad_accum, 0, 1)
+
     def train_step(self, micro_batches) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns averaged loss terms."""
         tc = self.cfg.train
@@ -149,9 +153,10 @@ class Trainer:
             group["lr"] = lr_at(self.step, self.base_lr, tc.warmup_steps)
         self.model.train()
         totals: dict[str, float] = {}
-        for images, labels in micro_batches:
+        for micro, (images, labels) in enumerate(micro_batches):
             x = to_model_input(images, self.device)
             y = labels.to(self.device)
+            flip = torch.zeros(x.shape[0], dtype=torch.bool, device=self.device)
             if self.cfg.data.hflip:
                 flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
@@ -162,7 +167,8 @@ class Trainer:
                 else:
                     s = self.semantic
                     terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
-                                          self.generator, semantic=s.targets(x), semantic_weight=s.weight,
+                                          self.generator, semantic=s.targets(x, self.indices(micro), flip),
+                                          semantic_weight=s.weight,
                                           aux=s.aux, aux_weight=s.aux_weight)
             (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
