@@ -145,13 +145,111 @@ def cmd_cache(args) -> None:
           f"channels -> {out}; train with --set semantic.cache={out}")
 
 
+def _parse_sweep(text: str) -> list[float]:
+    try:
+        lo, hi, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise C.ConfigError(f"--cfg-sweep takes start:stop:step, e.g. 1.0:3.0:0.2 (got '{text}')") from None
+    if step <= 0 or hi < lo:
+        raise C.ConfigError(f"--cfg-sweep needs step > 0 and stop >= start (got '{text}')")
+    return [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
+
+
+def _features_of_source(path: str, inception, num: int | None = None):
+    """(mu, sigma) of an image folder, an npz of uint8 images, or stored statistics."""
+    from .eval import load_images_source, load_reference, stats
+    p = Path(path)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as data:
+            has_stats = ("mu" in data.files and "sigma" in data.files) or "feats" in data.files
+        if has_stats:
+            ref = load_reference(p)
+            return ref.mu, ref.sigma
+    images = load_images_source(p)
+    return stats(inception.extract(images[:num] if num else images))
+
+
+def cmd_eval(args) -> None:
+    from .eval import InceptionFeatures, frechet_distance, load_reference, save_reference
+    from .eval.evaluate import (EvalSettings, evaluate, rank_world, sweep_outputs, write_json)
+    from .train import load_run_model
+    from .train.trainer import resolve_device
+    device = resolve_device(args.device)
+    if args.action == "fid":
+        if len(args.sources) != 2:
+            raise C.ConfigError("vco eval fid takes two sources: folders, npz images or statistics")
+        inception = InceptionFeatures(device)
+        a, b = (_features_of_source(src, inception) for src in args.sources)
+        print(f"fid={frechet_distance(*a, *b):.4f}")
+        return
+    if args.action == "ref":
+        from .data import build_dataset
+        if not args.out:
+            raise C.ConfigError("vco eval ref needs --out ref.npz")
+        cfg = C.build_config(args.preset, overrides=_data_overrides(args.data) + _overrides(args))
+        data = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
+        n = min(args.num or len(data), len(data))
+        idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
+        feats = InceptionFeatures(device).extract(data[i][0] for i in idx.tolist())
+        mu, sigma = np.mean(feats, 0), np.cov(feats, rowvar=False)
+        path = save_reference(args.out, mu, sigma, feats)
+        print(f"reference of {n} images of {args.data} -> {path}")
+        return
+    if args.action or not args.run:
+        raise C.ConfigError("use `vco eval --run RUN --ref REF`, `vco eval ref ...` or `vco eval fid A B`")
+    if not args.ref:
+        raise C.ConfigError("--ref is required: reference statistics from `vco eval ref --data ... "
+                            "--out ref.npz`, ADM's VIRTUAL_imagenet256_labeled.npz or JiT's jit_in256_stats.npz")
+    if args.cfg is not None and args.cfg < 0:
+        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {args.cfg}")
+    if args.steps is not None and not 1 <= args.steps <= 10_000:
+        raise C.ConfigError(f"--steps must be in 1..10000, got {args.steps}")
+    if torch.distributed.is_available() and "WORLD_SIZE" in __import__("os").environ:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    model, cfg, meta = load_run_model(args.run, args.weights, device)
+    ref = load_reference(args.ref)
+    inception = InceptionFeatures(device)
+    out_dir = Path(args.run) / "eval"
+    ws = _parse_sweep(args.cfg_sweep) if args.cfg_sweep else [args.cfg if args.cfg is not None else cfg.sampler.cfg]
+    results = []
+    for w in ws:
+        settings = EvalSettings(num=args.num, cfg=w, steps=args.steps or cfg.sampler.steps,
+                                method=args.method or cfg.sampler.method, seed=args.seed,
+                                batch_size=args.batch_size, weights=args.weights)
+        r = evaluate(model, cfg, meta, settings, ref, device, inception, out_dir)
+        if rank_world()[0] == 0:
+            results.append(r)
+            extra = (f" precision={r['precision']:.4f} recall={r['recall']:.4f}" if "precision" in r else "")
+            print(f"cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra} "
+                  f"(IS unavailable: no classifier head in the offline Inception)")
+    if rank_world()[0] != 0:
+        return
+    tag = f"n{args.num}_s{results[0]['settings']['steps']}"
+    if len(results) == 1:
+        path = write_json(out_dir / f"eval_{tag}_cfg{ws[0]:g}.json", results[0])
+        print(f"results -> {path}")
+        print(f"fid={results[0]['fid']:.4f}")
+    else:
+        path = write_json(out_dir / f"sweep_{tag}.json", results)
+        table, plot = sweep_outputs(results, out_dir, f"sweep_{tag}")
+        best = min(results, key=lambda r: r["fid"])
+        print(f"sweep -> {path}, {table}, {plot}; best w={best['settings']['cfg']:g}")
+        print(f"fid={best['fid']:.4f}")
+
+
 def cmd_demo(args) -> None:
     from .plots import plot_loss_curves
     from .sampling import class_labels, generate, save_grid
     from .train import Trainer, load_run_model
     out = Path(args.out)
     run = out / "run"
-    overrides = [f"train.time_limit_min={args.minutes}", "data.name=fashion-mnist"]
+    # A CPU budget of minutes: small batches give more optimizer steps (the EMA needs them);
+    # blr is raised to keep the preset's per-step learning rate (5e-4).
+    overrides = [f"train.time_limit_min={args.minutes}", "data.name=fashion-mnist",
+                 f"train.batch_size={args.batch_size}", f"train.blr={5e-4 * 256 / args.batch_size}",
+                 "train.log_every=5"]
+    if C.build_config(args.preset).data.classes_per_batch:
+        overrides.append(f"data.classes_per_batch={max(1, args.batch_size // 4)}")
     if (run / "checkpoint.safetensors").exists():
         print(f"continuing the demo run in {run} (delete {out} to start afresh)")
         cfg = C.build_config(config_file=run / "config.yaml", overrides=overrides)
@@ -226,11 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache folder to create")
     p.set_defaults(func=cmd_cache)
 
+    p = sub.add_parser("eval", help="FID / precision / recall of a run (or `ref`, `fid A B`)")
+    p.add_argument("action", nargs="?", choices=["ref", "fid"], help="ref: reference statistics; "
+                   "fid A B: FID between two sources; omitted: evaluate --run")
+    p.add_argument("sources", nargs="*", help="fid: two image folders, npz images or npz statistics")
+    _config_args(p)
+    p.set_defaults(preset="jit-tiny")
+    p.add_argument("--run", help="run folder to evaluate")
+    p.add_argument("--ref", help="reference statistics (.npz)")
+    p.add_argument("--data", default="fashion-mnist-test", help="ref: the data to describe")
+    p.add_argument("--num", type=int, default=10_000, help="samples (a multiple of the classes); ref: images")
+    p.add_argument("--cfg", type=float)
+    p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--method", choices=["heun", "euler"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="ref: output .npz")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="vco-tiny")
     p.add_argument("--out", default="demo")
     p.add_argument("--minutes", type=float, default=9.0, help="training time budget")
     p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--per-class", type=int, default=6)
     p.add_argument("--sample-steps", type=int, default=25, help="Heun steps (50 in the paper)")
     p.set_defaults(func=cmd_demo)

@@ -122,7 +122,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # faster EMA than the ImageNet recipe (0.9999 would still hold mostly the initial weights).
     "jit-tiny": dict(model=dict(hidden_size=256, depth=6, num_heads=4, bottleneck_dim=32,
                                 in_context_len=8, in_context_start=2),
-                     train=dict(batch_size=64, blr=2e-3, warmup_steps=100,
+                     train=dict(batch_size=64, blr=2e-3, warmup_steps=20,
                                 ema_decays=(0.99, 0.999)),
                      sampler=dict(cfg=2.0)),
     "jit-b16": dict(model=dict(_IMAGENET, hidden_size=768, depth=12, num_heads=12,
@@ -158,7 +158,8 @@ for _size, _cfg_scale in (("b16", 1.8), ("l16", 1.8), ("h16", 1.5)):
         model=dict(arch="vco", semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
         semantic=_DINOV2, data=dict(classes_per_batch=1), sampler=dict(cfg=_cfg_scale)))
 _PRESETS["vco-tiny"] = _merge(_PRESETS["jit-tiny"], dict(
-    model=dict(arch="vco", semantic_dim=96), data=dict(classes_per_batch=8)))
+    model=dict(arch="vco", semantic_dim=96), data=dict(classes_per_batch=8),
+    semantic=dict(stats_images=1024)))
 
 
 def preset_names() -> list[str]:

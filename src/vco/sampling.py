@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
 
 from .config import Config
 from .diffusion import initial_noise, sample
@@ -24,20 +25,30 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (127.5 * (x.float() + 1)).clamp(0, 255).round().to(torch.uint8)
 
 
+def sample_noise(model, indices: range, seed: int, device) -> list[torch.Tensor]:
+    """Initial noise of every stream for samples ``indices``: sample i's noise comes from its own
+    generator seeded by (seed, i), so results do not depend on batching or on the rank split."""
+    per_stream = [[] for _ in model.stream_shapes(1)]
+    for i in indices:
+        g = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+        for parts, n in zip(per_stream, initial_noise(model.stream_shapes(1), g, device)):
+            parts.append(n)
+    return [torch.cat(parts) for parts in per_stream]
+
+
 @torch.no_grad()
 def generate(model, cfg: Config, labels: torch.Tensor, seed: int = 0, batch_size: int = 64,
-             device="cpu", progress: bool = True) -> torch.Tensor:
-    """uint8 images (N, C, H, W) for ``labels``; batch b uses noise from seed + b."""
+             device="cpu", progress: bool = True, first_index: int = 0) -> torch.Tensor:
+    """uint8 images (N, C, H, W) for ``labels``; sample k uses the noise of index first_index + k."""
     m = cfg.model
+    use_bf16 = resolve_precision(cfg.train.precision, torch.device(device)) == "bf16"
     out = []
-    batches = labels.split(batch_size)
-    for b, y in enumerate(batches):
-        g = torch.Generator(device).manual_seed(seed + b)
-        noise = initial_noise(model.stream_shapes(len(y)), g, device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
-                            enabled=resolve_precision(cfg.train.precision, torch.device(device)) == "bf16"):
-            x = sample(model, y.to(device), noise, cfg.sampler, cfg.diffusion, m.num_classes,
-                       progress=progress and len(batches) == 1)
+    for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress,
+                      leave=False):
+        y = labels[start:start + batch_size].to(device)
+        noise = sample_noise(model, range(first_index + start, first_index + start + len(y)), seed, device)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+            x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes)
         out.append(to_uint8(x).cpu())
     return torch.cat(out)
 

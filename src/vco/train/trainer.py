@@ -92,7 +92,7 @@ class Trainer:
         else:
             self.schedule = BatchSchedule(len(self.dataset), self.global_batch, tc.seed)
         self.semantic = None
-        if cfg.model.arch != "jit":
+        if len(self.model.stream_shapes(1)) > 1:     # a co-denoising model: semantic targets
             from ..semantic.stream import SemanticStream
             self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)

@@ -1,0 +1,140 @@
+"""Evaluate a run: class-balanced generation (split across ranks), Inception features, metrics,
+results as JSON (+ a sample grid PNG); CFG sweeps with a table and a plot."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..sampling import generate, save_grid
+from .inception import IS_UNAVAILABLE_REASON, InceptionFeatures
+from .metrics import frechet_distance, kid, precision_recall, stats
+from .reference import ReferenceStats
+
+
+def per_class_labels(num: int, num_classes: int) -> torch.Tensor:
+    """Exactly num / num_classes samples of every class, class-sorted (the JiT/RAE protocol)."""
+    if num < num_classes or num % num_classes:
+        raise ValueError(f"--num must be a positive multiple of the {num_classes} classes "
+                         f"(e.g. {num_classes * max(1, round(num / num_classes))}), got {num}")
+    return torch.arange(num_classes).repeat_interleave(num // num_classes)
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def rank_slice(num: int, rank: int, world: int) -> slice:
+    """Contiguous share of ``num`` items for ``rank``; shares differ by at most one."""
+    base, extra = divmod(num, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def generate_share(model, cfg, labels: torch.Tensor, seed: int, batch_size: int, device,
+                   progress: bool = True) -> tuple[slice, torch.Tensor]:
+    """This rank's samples; every sample's noise depends only on (seed, its index), so the
+    result does not depend on how the work is split."""
+    rank, world = rank_world()
+    share = rank_slice(len(labels), rank, world)
+    images = generate(model, cfg, labels[share], seed=seed, batch_size=batch_size, device=device,
+                      progress=progress and rank == 0, first_index=share.start)
+    return share, images
+
+
+def gather(array: np.ndarray) -> np.ndarray:
+    """Concatenate every rank's array in rank order (identity without torch.distributed)."""
+    rank, world = rank_world()
+    if world == 1:
+        return array
+    parts = [None] * world
+    dist.all_gather_object(parts, array)
+    return np.concatenate(parts)
+
+
+@dataclass
+class EvalSettings:
+    num: int
+    cfg: float
+    steps: int
+    method: str
+    seed: int = 0
+    batch_size: int = 64
+    weights: str = "ema1"
+
+
+def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats, device,
+             inception: InceptionFeatures, out_dir: Path | None = None) -> dict:
+    """Generate ``settings.num`` samples and score them against ``ref`` (rank 0 gets the dict)."""
+    cfg.sampler.cfg, cfg.sampler.steps, cfg.sampler.method = settings.cfg, settings.steps, settings.method
+    labels = per_class_labels(settings.num, cfg.model.num_classes)
+    t0 = time.time()
+    share, images = generate_share(model, cfg, labels, settings.seed, settings.batch_size, device)
+    gen_s = time.time() - t0
+    feats = gather(inception.extract(images, batch_size=settings.batch_size, progress=False))
+    rank, _ = rank_world()
+    if rank != 0:
+        return {}
+    mu, sigma = stats(feats)
+    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
+              "inception_score": None, "inception_score_note": IS_UNAVAILABLE_REASON}
+    if ref.feats is not None:
+        result["precision"], result["recall"] = precision_recall(ref.feats, feats, k=3)
+        result["kid"], result["kid_std"] = kid(ref.feats, feats)
+    result.update({"settings": vars(settings), "checkpoint_step": meta.get("step"),
+                   "reference": ref.path, "num_reference": None if ref.feats is None else len(ref.feats),
+                   "sampler": {"interval_min": cfg.sampler.interval_min,
+                               "interval_max": cfg.sampler.interval_max},
+                   "generation_seconds": round(gen_s, 1), "seconds": round(time.time() - t0, 1)})
+    if out_dir is not None and share.start == 0:
+        k = cfg.model.num_classes
+        pick = torch.cat([torch.nonzero(labels[share] == c).flatten()[:8] for c in range(k)])
+        save_grid(images[pick], labels[share][pick], meta.get("class_names", []),
+                  out_dir / f"samples_cfg{settings.cfg:g}.png")
+    return result
+
+
+def write_json(path: Path, obj) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    tmp.replace(path)
+    return path
+
+
+def sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """A markdown table and a PNG (FID, precision and recall against w) of a CFG sweep."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ws = [r["settings"]["cfg"] for r in results]
+    rows = ["| w | FID | precision | recall | IS |", "|---|---|---|---|---|"]
+    for w, r in zip(ws, results):
+        rows.append(f"| {w:g} | {r['fid']:.2f} | {r.get('precision', float('nan')):.3f} | "
+                    f"{r.get('recall', float('nan')):.3f} | n/a |")
+    table = out_dir / f"{stem}.md"
+    table.write_text("\n".join(rows) + "\n\nIS: " + IS_UNAVAILABLE_REASON + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(ws, [r["fid"] for r in results], "o-", label="FID")
+    ax.set_xlabel("guidance scale w")
+    ax.set_ylabel("FID")
+    if "precision" in results[0]:
+        ax2 = ax.twinx()
+        ax2.plot(ws, [r["precision"] for r in results], "s--", color="tab:green", label="precision")
+        ax2.plot(ws, [r["recall"] for r in results], "^--", color="tab:red", label="recall")
+        ax2.set_ylabel("precision / recall")
+        ax2.legend(loc="upper right")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plot = out_dir / f"{stem}.png"
+    fig.savefig(plot)
+    plt.close(fig)
+    return table, plot
