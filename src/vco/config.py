@@ -100,6 +100,7 @@ class TrainConfig:
     log_every: int = 10
     ckpt_every: int = 500
     time_limit_min: float = 0.0       # stop (and checkpoint) after this many minutes; 0 = none
+    max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
     device: str = "auto"              # auto | cpu | cuda
 
 
@@ -275,7 +276,11 @@ def to_yaml(cfg: Config) -> str:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(to_yaml(cfg))
+    """Atomic: a crash never leaves a half-written config.yaml."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(to_yaml(cfg))
+    tmp.replace(path)
 
 
 def load_config(path: str | Path) -> Config:

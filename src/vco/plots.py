@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIP = {"step", "lr", "img_per_s", "elapsed_s"}
+SKIP = {"step", "lr", "img_per_s", "elapsed_s", "skipped_steps"}
 
 
 def plot_loss_curves(metrics_path: str | Path, out: str | Path) -> Path:
@@ -20,7 +20,8 @@ def plot_loss_curves(metrics_path: str | Path, out: str | Path) -> Path:
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for key in [k for k in records[-1] if k not in SKIP]:
-        ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key, lw=1.2)
+        ax.plot(steps, [r.get(key) if r.get(key) is not None else float("nan") for r in records],
+                label=key, lw=1.2)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")

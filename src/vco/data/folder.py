@@ -1,6 +1,7 @@
 """Class-per-folder image datasets (ImageNet's train/ layout) with JiT's ADM centre crop."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .base import DataError
+
+log = logging.getLogger("vco.data")
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
@@ -55,6 +58,13 @@ class ImageFolderDataset(Dataset):
             self.samples += [(p, k) for p in files]
         if not self.samples:
             raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {self.root}")
+        counts = torch.bincount(torch.tensor([k for _, k in self.samples]), minlength=len(classes))
+        self.empty_classes = [classes[k] for k in range(len(classes)) if counts[k] == 0]
+        if self.empty_classes:
+            # Kept, so that label indices match the folder list (as ImageNet's 1000 folders);
+            # they are never drawn, and a class-balanced batch skips them.
+            log.warning("%d class folder(s) hold no images and are never drawn: %s",
+                        len(self.empty_classes), ", ".join(self.empty_classes[:5]))
         self.class_names = classes
         self.labels = torch.tensor([k for _, k in self.samples])
 

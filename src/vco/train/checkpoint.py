@@ -5,6 +5,7 @@ renamed over the old one, so the last good checkpoint survives a crash mid-save.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 FORMAT = "vco-checkpoint-1"
 CKPT_NAME = "checkpoint.safetensors"
@@ -46,10 +47,11 @@ def atomic_write(path: Path, write) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as e:
+    except Exception as e:  # OSError, or the writer's own error wrapping one (e.g. disk full)
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous file "
-                              f"(if any) is intact; free disk space or choose another --out.") from None
+        reason = getattr(e, "strerror", None) or e
+        raise CheckpointError(f"could not write {path}: {reason}. The previous file (if any) is "
+                              f"intact; free disk space or choose another --out.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -75,13 +77,27 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, model: nn.Module, t
         optimizer.state[p][k] = v.reshape(()) if k == "step" else v.to(p.device)
 
 
+def digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes (any dtype), to detect a tampered or bit-rotted file."""
+    return hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Temporary files of a save that was killed midway (the real files were never touched)."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
-    """Write ``tensors`` (flat names) with ``meta`` (JSON-able) atomically; returns the path."""
+    """Write ``tensors`` (flat names) with ``meta`` (JSON-able) atomically; returns the path.
+    The metadata holds a SHA-256 per tensor, checked on every load."""
     run_dir = Path(run_dir)
     path = run_dir / CKPT_NAME
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta = dict(meta, format=FORMAT)
-    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata={"meta": json.dumps(meta)}))
+    digests = json.dumps({k: digest(v) for k, v in flat.items()})
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata={"meta": json.dumps(meta),
+                                                                       "sha256": digests}))
     atomic_write(run_dir / "checkpoint.json",
                  lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
     return path
@@ -108,17 +124,21 @@ def read_meta(run: str | Path) -> dict:
 
 
 def load_tensors(run: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
-    """All tensors, or those under ``prefix/`` with the prefix stripped."""
+    """All tensors, or those under ``prefix/`` with the prefix stripped; each is checked
+    against the SHA-256 stored when it was written."""
     path = checkpoint_path(run)
     read_meta(path)
     try:
-        if prefix is None:
-            return load_file(str(path))
         out = {}
         with safe_open(str(path), framework="pt") as f:
+            digests = json.loads((f.metadata() or {}).get("sha256", "{}"))
             for k in f.keys():
-                if k.startswith(prefix + "/"):
-                    out[k[len(prefix) + 1:]] = f.get_tensor(k)
+                if prefix is None or k.startswith(prefix + "/"):
+                    t = f.get_tensor(k)
+                    if digests.get(k) != digest(t):
+                        raise CheckpointError(f"{path}: tensor '{k}' does not match its checksum; the "
+                                              f"file was modified or damaged: use an earlier copy")
+                    out[k if prefix is None else k[len(prefix) + 1:]] = t
         return out
     except CheckpointError:
         raise
@@ -134,9 +154,9 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str =
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or shapes:
-        lines = ([f"missing: {', '.join(missing[:8])}"] if missing else []) + \
-                ([f"unexpected: {', '.join(unexpected[:8])}"] if unexpected else []) + \
-                ([f"shape mismatch: {'; '.join(shapes[:8])}"] if shapes else [])
+        lines = ([f"missing ({len(missing)}): {', '.join(missing[:8])}"] if missing else []) + \
+                ([f"unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}"] if unexpected else []) + \
+                ([f"shape mismatch ({len(shapes)} tensors): {'; '.join(shapes[:8])}"] if shapes else [])
         raise CheckpointError(f"{source} does not fit this model (another preset or config?):\n  "
                               + "\n  ".join(lines))
     model.load_state_dict(state)

@@ -17,7 +17,7 @@ from ..data import BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSam
 from ..diffusion import training_loss
 from ..models import build_model
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
-                         optimizer_tensors, read_meta, save_checkpoint)
+                         optimizer_tensors, read_meta, remove_stale_temporaries, save_checkpoint)
 from .ema import EMA
 
 log = logging.getLogger("vco.train")
@@ -97,6 +97,7 @@ class Trainer:
             self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.step = 0
+        self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
         if resume:
             self.load()
 
@@ -114,7 +115,7 @@ class Trainer:
         return t
 
     def save(self) -> None:
-        meta = {"step": self.step, "config": to_dict(self.cfg),
+        meta = {"step": self.step, "skipped_steps": self.skipped, "config": to_dict(self.cfg),
                 "class_names": list(self.dataset.class_names),
                 "ema_decays": list(self.cfg.train.ema_decays)}
         save_checkpoint(self.run_dir, self.state_tensors(), meta)
@@ -132,6 +133,7 @@ class Trainer:
         if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
             torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
         self.step = int(meta["step"])
+        self.skipped = int(meta.get("skipped_steps", 0))
 
     # ------------------------------------------------------------------ training
     def loader(self, start: int, end: int) -> DataLoader:
@@ -173,16 +175,32 @@ class Trainer:
             (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
-        self.optimizer.step()
+        # A non-finite loss or gradient skips the update (weights, EMAs and optimizer state stay
+        # as they were) instead of poisoning the run; the data and RNG move on as usual.
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        finite = math.isfinite(totals["loss"]) and bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+            for ema in self.emas:
+                ema.update(self.model)
+            self.bad_in_row = 0
+        else:
+            self.skipped += 1
+            self.bad_in_row += 1
+            log.warning("step %d: non-finite loss or gradient (loss %s); update skipped (%d in a row)",
+                        self.step, totals["loss"], self.bad_in_row)
         self.optimizer.zero_grad(set_to_none=True)
-        for ema in self.emas:
-            ema.update(self.model)
         self.step += 1
         return totals
 
     def train(self, progress: bool = True) -> dict:
         tc = self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the run folder {self.run_dir}: {e.strerror}; "
+                                  f"choose another --out") from None
+        remove_stale_temporaries(self.run_dir)
         save_config(self.cfg, self.run_dir / "config.yaml")
         writer = _tensorboard(self.run_dir / "tb")
         start, t0, window = self.step, time.time(), time.time()
@@ -196,26 +214,29 @@ class Trainer:
                 terms = self.train_step([next(it) for _ in range(tc.grad_accum)])
                 losses.append(terms["loss"])
                 bar.update(1)
-                if not math.isfinite(terms["loss"]):
-                    raise FloatingPointError(f"non-finite loss at step {self.step}; the last "
-                                             f"checkpoint in {self.run_dir} is intact")
                 if self.step % tc.log_every == 0 or self.step == tc.steps:
                     now = time.time()
                     rate = tc.log_every * self.global_batch / max(now - window, 1e-9)
                     window = now
-                    record = {"step": self.step, **{k: round(v, 6) for k, v in terms.items()},
+                    record = {"step": self.step, "skipped_steps": self.skipped,
+                              **{k: round(v, 6) if math.isfinite(v) else None for k, v in terms.items()},
                               "lr": self.optimizer.param_groups[0]["lr"], "img_per_s": round(rate, 2),
                               "elapsed_s": round(now - t0, 2)}
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
                     if writer is not None:
                         for k, v in record.items():
-                            if k != "step":
+                            if k != "step" and v is not None:
                                 writer.add_scalar(f"train/{k}", v, self.step)
                     bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                     img_s=f"{rate:.0f}")
-                if self.step % tc.ckpt_every == 0:
-                    self.save()
+                if self.bad_in_row >= tc.max_bad_steps:
+                    raise FloatingPointError(
+                        f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient "
+                        f"(last at step {self.step}); stopped. The last good checkpoint in "
+                        f"{self.run_dir} is intact: lower the lr or check the data, then --resume")
+                if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
+                    self.save()                    # never checkpoint in the middle of a bad streak
                 if tc.time_limit_min > 0 and time.time() - t0 > tc.time_limit_min * 60:
                     stopped_early = self.step < tc.steps
                     break

@@ -1,0 +1,253 @@
+"""Faults: interrupted and killed runs, damaged files, non-finite steps, bad input.
+
+Each test states the failure it injects and the guarantee it checks: nothing already written
+is lost or corrupted, and the user gets an error that names the problem and the fix.
+"""
+import errno
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vco.train.checkpoint as ck
+from vco.cli import main
+from vco.config import build_config
+from vco.data import DataError, ImageFolderDataset
+from vco.train import CheckpointError, Trainer, load_run_model
+from vco.train.checkpoint import load_tensors, read_meta
+
+SMALL = ["image_size=16", "hidden_size=32", "depth=2", "num_heads=2", "bottleneck_dim=8",
+         "in_context_len=2", "in_context_start=1", "precision=fp32", "data.name=synthetic",
+         "synthetic_size=16", "batch_size=8", "log_every=1", "warmup_steps=0"]
+
+
+def cfg_for(preset="jit-tiny", *extra):
+    return build_config(preset, overrides=SMALL + list(extra))
+
+
+def model_tensors(run):
+    return {k: v for k, v in load_tensors(run).items() if not k.startswith("rng/")}
+
+
+# ---------------------------------------------------------------- exact resume
+def test_vco_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
+    """V-Co (semantic stream, class-balanced batches, both EMAs, optimizer, RNG): 2 + 2 == 4."""
+    vco = ["semantic_dim=96", "classes_per_batch=2", "stats_images=16"]
+    Trainer(cfg_for("vco-tiny", "train.steps=4", *vco), tmp_path / "full").train(progress=False)
+    Trainer(cfg_for("vco-tiny", "train.steps=2", *vco), tmp_path / "part").train(progress=False)
+    Trainer(cfg_for("vco-tiny", "train.steps=4", *vco), tmp_path / "part", resume=True).train(progress=False)
+    a, b = load_tensors(tmp_path / "full"), load_tensors(tmp_path / "part")
+    assert a.keys() == b.keys() and any(k.startswith("ema2/") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- crash-safe checkpoints
+CHILD = """
+import sys, time
+from pathlib import Path
+import torch
+torch.set_num_threads(1)   # as the test process: the same reduction order, bitwise results
+import vco.train.checkpoint as ck
+from vco.config import build_config
+from vco.train import Trainer
+real, calls = ck.save_file, []
+def hanging_save(tensors, path, metadata=None):
+    calls.append(path)
+    real(tensors, path, metadata=metadata)
+    if len(calls) == 3:                       # the third save: half written, then killed
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])
+        Path(sys.argv[2]).write_text("saving")
+        time.sleep(600)
+ck.save_file = hanging_save
+cfg = build_config("jit-tiny", overrides=sys.argv[3:])
+Trainer(cfg, sys.argv[1]).train(progress=False)
+"""
+
+
+def test_sigkill_in_the_middle_of_a_save_keeps_the_previous_checkpoint(tmp_path):
+    script, marker, run = tmp_path / "child.py", tmp_path / "marker", tmp_path / "run"
+    script.write_text(CHILD)
+    overrides = SMALL + ["train.steps=6", "ckpt_every=1"]
+    child = subprocess.Popen([sys.executable, str(script), str(run), str(marker), *overrides])
+    deadline = time.time() + 240
+    while not marker.exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), "the child never reached its third save"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert read_meta(run)["step"] == 2                  # the last complete checkpoint
+    assert list(run.glob(".*.tmp"))                     # the killed save's leftovers...
+    load_tensors(run)                                   # ...did not touch the real file
+    Trainer(cfg_for("jit-tiny", "train.steps=6"), run, resume=True).train(progress=False)
+    assert not list(run.glob(".*.tmp")) and read_meta(run)["step"] == 6
+    Trainer(cfg_for("jit-tiny", "train.steps=6"), tmp_path / "straight").train(progress=False)
+    a, b = model_tensors(run), model_tensors(tmp_path / "straight")
+    assert all(torch.equal(a[k], b[k]) for k in a)      # and the resumed run is exact
+
+
+def test_disk_full_during_a_save_loses_nothing(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(cfg_for("jit-tiny", "train.steps=1"), run)
+    trainer.train(progress=False)
+    before = model_tensors(run)
+
+    def full_disk(tensors, path, metadata=None):
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    trainer.train_step([next(iter(trainer.loader(1, 2)))])
+    with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+        trainer.save()
+    after = model_tensors(run)
+    assert read_meta(run)["step"] == 1 and all(torch.equal(before[k], after[k]) for k in before)
+    assert not list(run.glob(".*.tmp"))
+
+
+def test_unwritable_run_folder_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["train", "--preset", "jit-tiny", "--out", str(tmp_path / "file" / "run"),
+                 "--steps", "1", "--quiet", "--set", *SMALL]) == 2
+    assert "cannot create the run folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- safe loading
+def test_every_torch_load_in_the_package_is_weights_only():
+    src = Path(__file__).resolve().parents[1] / "src"
+    calls = [(p, line) for p in src.rglob("*.py") for line in p.read_text().splitlines()
+             if re.search(r"torch\.load\(", line)]
+    assert calls, "expected the RAE stat.pt loader"
+    assert all("weights_only=True" in line for _, line in calls), calls
+
+
+def test_tampered_checkpoint_is_rejected(tmp_path):
+    Trainer(cfg_for("jit-tiny", "train.steps=1"), tmp_path / "r").train(progress=False)
+    path = tmp_path / "r" / "checkpoint.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF                       # one flipped byte in the tensor data
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        Trainer(cfg_for("jit-tiny"), tmp_path / "r", resume=True)
+
+
+def test_checkpoint_of_another_preset_names_the_tensors(tmp_path):
+    Trainer(cfg_for("jit-tiny", "train.steps=1"), tmp_path / "r").train(progress=False)
+    with pytest.raises(CheckpointError, match=r"t_embedder\.mlp\.0\.weight: checkpoint \(32, 256\) vs model \(64, 256\)"):
+        Trainer(cfg_for("jit-tiny", "hidden_size=64"), tmp_path / "r", resume=True)
+    with pytest.raises(CheckpointError, match=r"missing \(\d+\): blocks\.2"):
+        Trainer(cfg_for("jit-tiny", "depth=3"), tmp_path / "r", resume=True)
+
+
+# ---------------------------------------------------------------- numerics
+def nan_on(steps_to_poison):
+    import vco.train.trainer as tr
+    real = tr.training_loss
+
+    def poisoned(model, x, *a, **kw):
+        out = real(model, x, *a, **kw)
+        if poisoned.calls in steps_to_poison:
+            out["loss"] = out["loss"] * float("nan")
+        poisoned.calls += 1
+        return out
+    poisoned.calls = 0
+    return poisoned
+
+
+def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
+    import vco.train.trainer as tr
+    monkeypatch.setattr(tr, "training_loss", nan_on({1, 2}))
+    trainer = Trainer(cfg_for("jit-tiny", "train.steps=4"), tmp_path / "r")
+    weights = []
+    for step in range(4):
+        trainer.train_step([next(iter(trainer.loader(step, step + 1)))])
+        weights.append(trainer.model.final_layer.linear.weight.detach().clone())
+    assert trainer.skipped == 2 and trainer.step == 4
+    assert torch.equal(weights[0], weights[1]) and torch.equal(weights[1], weights[2])  # skipped
+    assert not torch.equal(weights[2], weights[3])                                      # resumed
+    assert all(torch.isfinite(w).all() for w in weights)
+
+
+def test_consecutive_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import vco.train.trainer as tr
+    Trainer(cfg_for("jit-tiny", "train.steps=2"), tmp_path / "r").train(progress=False)
+    good = model_tensors(tmp_path / "r")
+    monkeypatch.setattr(tr, "training_loss", nan_on(set(range(100))))
+    trainer = Trainer(cfg_for("jit-tiny", "train.steps=20", "max_bad_steps=3", "ckpt_every=1"),
+                      tmp_path / "r", resume=True)
+    with pytest.raises(FloatingPointError, match="3 consecutive steps.*intact"):
+        trainer.train(progress=False)
+    assert read_meta(tmp_path / "r")["step"] == 2
+    assert all(torch.equal(good[k], v) for k, v in model_tensors(tmp_path / "r").items())
+    records = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] is None and records[-1]["skipped_steps"] == 3
+
+
+# ---------------------------------------------------------------- bad input
+def folder_with(tmp_path, files: dict) -> Path:
+    for rel, writer in files.items():
+        path = tmp_path / "data" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer(path)
+    return tmp_path / "data"
+
+
+def test_truncated_jpeg_names_the_file(tmp_path):
+    def truncated(p):
+        Image.new("RGB", (64, 64), (200, 10, 10)).save(p, quality=95)
+        p.write_bytes(p.read_bytes()[:300])
+    root = folder_with(tmp_path, {"a/ok.jpg": lambda p: Image.new("RGB", (20, 20)).save(p),
+                                  "a/cut.jpg": truncated})
+    ds = ImageFolderDataset(root, 16)
+    with pytest.raises(DataError, match=r"cut\.jpg.*Remove or replace"):
+        [ds[i] for i in range(len(ds))]
+
+
+def test_sixteen_bit_and_small_images_are_converted(tmp_path):
+    def png16(p):
+        Image.fromarray(np.full((12, 10), 65535 // 2, np.uint16)).save(p)   # I;16, smaller than 16
+    root = folder_with(tmp_path, {"a/deep.png": png16})
+    img, _ = ImageFolderDataset(root, 16)[0]
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8            # upscaled, RGB
+    assert abs(img.float().mean().item() - 127.5) < 2                      # 16-bit range scaled
+
+
+def test_empty_class_folder_is_kept_but_never_drawn(tmp_path, caplog):
+    from vco.data import ClassBalancedSchedule
+    root = folder_with(tmp_path, {f"{c}/{i}.png": (lambda p: Image.new("RGB", (16, 16)).save(p))
+                                  for c in ("a", "c") for i in range(4)})
+    (root / "b").mkdir()
+    ds = ImageFolderDataset(root, 16)
+    assert ds.class_names == ["a", "b", "c"] and ds.empty_classes == ["b"]
+    assert "never drawn" in caplog.text
+    s = ClassBalancedSchedule(ds.labels, 4, 1, 2)
+    assert set(ds.labels[s.global_indices(0)].tolist()) == {0, 2}
+
+
+def test_num_classes_mismatch_between_data_and_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "1", "--quiet", "--set", *SMALL]) == 0
+    root = folder_with(tmp_path, {f"{c}/{i}.png": (lambda p: Image.new("RGB", (16, 16)).save(p))
+                                  for c in ("x", "y") for i in range(8)})
+    assert main(["train", "--resume", str(run), "--data", str(root), "--steps", "2", "--quiet"]) == 2
+    assert "the data has 2 classes but model.num_classes is 10" in capsys.readouterr().err
+
+
+def test_sampler_arguments_out_of_range(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "1", "--quiet", "--set", *SMALL]) == 0
+    for args, message in ((["--cfg", "-1"], "--cfg must be >= 0"), (["--steps", "0"], "--steps must be in"),
+                          (["--num", "0"], "--num must be >= 1")):
+        assert main(["sample", "--run", str(run), "--out", str(tmp_path / "g.png"), *args]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["train", "--out", str(run), "--steps", "1", "--quiet"]) == 2   # never overwritten
+    assert "already holds a run" in capsys.readouterr().err
