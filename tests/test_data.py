@@ -37,37 +37,6 @@ def test_adm_center_crop_size_and_content():
     assert out[:, :28].max() < 30 and out[:, 36:].min() > 225
 
 
-def write(path: Path, img: Image.Image):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
-def test_image_folder_modes_and_errors(tmp_path):
-    write(tmp_path / "cat" / "a.png", Image.new("RGBA", (40, 30), (255, 0, 0, 0)))  # transparent
-    write(tmp_path / "cat" / "b.png", Image.new("L", (20, 20), 128))
-    write(tmp_path / "dog" / "c.jpg", Image.new("CMYK", (50, 50), (0, 0, 0, 0)))
-    (tmp_path / "dog" / "notes.txt").write_text("not an image")
-    ds = ImageFolderDataset(tmp_path, 16)
-    assert ds.class_names == ["cat", "dog"] and len(ds) == 3
-    img, label = ds[0]
-    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8 and label == 0
-    assert img.min() == 255                               # transparent -> white
-    assert ds[1][0].float().mean().item() == pytest.approx(128, abs=1)
-    (tmp_path / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
-    with pytest.raises(DataError, match="bad.png"):
-        ImageFolderDataset(tmp_path, 16)[2]
-
-
-def test_folder_errors(tmp_path):
-    with pytest.raises(DataError, match="not found"):
-        ImageFolderDataset(tmp_path / "nope", 16)
-    with pytest.raises(DataError, match="no class sub-folders"):
-        ImageFolderDataset(tmp_path, 16)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="no image files"):
-        ImageFolderDataset(tmp_path, 16)
-
-
 def test_synthetic_classes_are_distinct():
     ds = make_synthetic(40, 16, num_classes=10)
     means = torch.stack([torch.stack([ds[i][0].float().mean((1, 2)) for i in range(len(ds))

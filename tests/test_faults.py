@@ -20,7 +20,7 @@ from PIL import Image
 
 import vco.train.checkpoint as ck
 from vco.cli import main
-from vco.config import build_config
+from vco.config import ConfigError, build_config
 from vco.data import DataError, ImageFolderDataset
 from vco.train import CheckpointError, Trainer, load_run_model
 from vco.train.checkpoint import load_tensors, read_meta
@@ -51,6 +51,22 @@ def test_vco_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_cli_resume_with_dropout_is_bitwise_equal(tmp_path):
+    """`vco train --resume R --steps N`, with dropout on (the global RNG is restored too)."""
+    drop = ["depth=4", "attn_dropout=0.3", "proj_dropout=0.3"]
+    args = ["train", "--preset", "jit-tiny", "--quiet", "--set", *SMALL, *drop]
+    assert main([*args, "--out", str(tmp_path / "full"), "--steps", "4"]) == 0
+    assert main([*args, "--out", str(tmp_path / "part"), "--steps", "2"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "part"), "--steps", "4", "--quiet"]) == 0
+    a, b = load_tensors(tmp_path / "full"), load_tensors(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and dropout really acts: without it the weights differ
+    plain = ["train", "--preset", "jit-tiny", "--quiet", "--set", *SMALL, "depth=4"]
+    assert main([*plain, "--out", str(tmp_path / "nodrop"), "--steps", "4"]) == 0
+    c = load_tensors(tmp_path / "nodrop")
+    assert not torch.equal(a["model/blocks.1.mlp.w3.weight"], c["model/blocks.1.mlp.w3.weight"])
+
+
 # ---------------------------------------------------------------- crash-safe checkpoints
 CHILD = """
 import sys, time
@@ -58,7 +74,7 @@ from pathlib import Path
 import torch
 torch.set_num_threads(1)   # as the test process: the same reduction order, bitwise results
 import vco.train.checkpoint as ck
-from vco.config import build_config
+from vco.config import ConfigError, build_config
 from vco.train import Trainer
 real, calls = ck.save_file, []
 def hanging_save(tensors, path, metadata=None):
@@ -251,3 +267,56 @@ def test_sampler_arguments_out_of_range(tmp_path, capsys):
         assert message in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--steps", "1", "--quiet"]) == 2   # never overwritten
     assert "already holds a run" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- more bad input
+def write(path: Path, img: Image.Image):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+def test_image_folder_modes_and_errors(tmp_path):
+    write(tmp_path / "cat" / "a.png", Image.new("RGBA", (40, 30), (255, 0, 0, 0)))  # transparent
+    write(tmp_path / "cat" / "b.png", Image.new("L", (20, 20), 128))
+    write(tmp_path / "dog" / "c.jpg", Image.new("CMYK", (50, 50), (0, 0, 0, 0)))
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    ds = ImageFolderDataset(tmp_path, 16)
+    assert ds.class_names == ["cat", "dog"] and len(ds) == 3
+    img, label = ds[0]
+    assert img.shape == (3, 16, 16) and img.dtype == torch.uint8 and label == 0
+    assert img.min() == 255                               # transparent -> white
+    assert ds[1][0].float().mean().item() == pytest.approx(128, abs=1)
+    (tmp_path / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match="bad.png"):
+        ImageFolderDataset(tmp_path, 16)[2]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        ImageFolderDataset(tmp_path / "nope", 16)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        ImageFolderDataset(tmp_path, 16)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        ImageFolderDataset(tmp_path, 16)
+
+
+def test_override_types_are_checked():
+    assert build_config("jit-tiny", overrides=["blr=1e-4"]).train.blr == 1e-4
+    with pytest.raises(ConfigError, match="depth"):
+        build_config("jit-tiny", overrides=["depth=deep"])
+
+
+def test_unknown_key_suggests_nearest():
+    with pytest.raises(ConfigError, match="hidden_size"):
+        build_config("jit-tiny", overrides=["hiden_size=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config("jit-tiny", overrides=["depth"])
+
+
+def test_truncated_checkpoint_is_rejected(tmp_path):
+    Trainer(cfg_for("jit-tiny", "train.steps=1"), tmp_path / "r").train(progress=False)
+    path = tmp_path / "r" / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_run_model(tmp_path / "r")
