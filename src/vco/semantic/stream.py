@@ -65,3 +65,8 @@ class SemanticStream:
         else:
             raw = self.encoder.patch_features(x).float()
         return self.stats.normalize(raw)
+
+    def loss_inputs(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor) -> dict:
+        """The co-denoising arguments of ``diffusion.training_loss`` for this batch."""
+        return {"semantic": self.targets(x, indices, flipped), "semantic_weight": self.weight,
+                "aux": self.aux, "aux_weight": self.aux_weight}

@@ -163,15 +163,9 @@ class Trainer:
                 flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                if self.semantic is None:
-                    terms = training_loss(self.model, x, y, self.cfg.diffusion,
-                                          self.cfg.model.num_classes, self.generator)
-                else:
-                    s = self.semantic
-                    terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
-                                          self.generator, semantic=s.targets(x, self.indices(micro), flip),
-                                          semantic_weight=s.weight,
-                                          aux=s.aux, aux_weight=s.aux_weight)
+                co = {} if self.semantic is None else self.semantic.loss_inputs(x, self.indices(micro), flip)
+                terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
+                                      self.generator, **co)
             (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
