@@ -8,6 +8,7 @@ always pass images in [-1, 1].
 """
 from __future__ import annotations
 
+import abc
 import hashlib
 
 import torch
@@ -43,7 +44,7 @@ def check_images(images: torch.Tensor) -> None:
         )
 
 
-class SemanticEncoder(nn.Module):
+class SemanticEncoder(nn.Module, metaclass=abc.ABCMeta):
     """A frozen feature extractor with a patch view (co-denoising target) and a pooled view (losses).
 
     Subclasses set `feature_dim`, `pooled_dim` and `name`, build their network, then call `_freeze()`.
@@ -67,13 +68,13 @@ class SemanticEncoder(nn.Module):
         """N = grid * grid, the number of patch tokens (same as the pixel stream)."""
         return self.grid * self.grid
 
+    @abc.abstractmethod
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> (B, grid * grid, feature_dim), row-major tokens."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> (B, pooled_dim), differentiable w.r.t. images."""
-        raise NotImplementedError
 
     def _freeze(self) -> None:
         for p in self.parameters():
