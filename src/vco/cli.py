@@ -24,6 +24,23 @@ def _config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> N
                    nargs="+", help="override a config value, e.g. --set steps=100 model.depth=4")
 
 
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cfg", type=float, help="guidance scale w (1 = none)")
+    p.add_argument("--steps", type=int, help="sampler steps")
+    p.add_argument("--method", choices=["heun", "euler"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
+    p.add_argument("--device", default="auto")
+
+
+def _check_sampling(cfg_scale: float | None, steps: int | None) -> None:
+    if cfg_scale is not None and cfg_scale < 0:
+        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg_scale}")
+    if steps is not None and not 1 <= steps <= 10_000:
+        raise C.ConfigError(f"--steps must be in 1..10000, got {steps}")
+
+
 def _overrides(args) -> list[str]:
     return [item for group in args.overrides for item in group]
 
@@ -72,10 +89,7 @@ def cmd_sample(args) -> None:
     for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
         if value is not None:
             setattr(cfg.sampler, key, value)
-    if cfg.sampler.cfg < 0:
-        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg.sampler.cfg}")
-    if not 1 <= cfg.sampler.steps <= 10_000:
-        raise C.ConfigError(f"--steps must be in 1..10000, got {cfg.sampler.steps}")
+    _check_sampling(cfg.sampler.cfg, cfg.sampler.steps)
     if args.num < 1:
         raise C.ConfigError(f"--num must be >= 1, got {args.num}")
     labels = class_labels(args.num, cfg.model.num_classes)
@@ -99,41 +113,34 @@ def cmd_info(args) -> None:
 
 def cmd_stats(args) -> None:
     from .data import build_dataset
-    from .semantic import build_encoder, load_stats
-    from .semantic.stream import SemanticStream
+    from .semantic import save_stats
+    from .semantic.stream import dataset_stats, encoder_from_config
     from .train.trainer import resolve_device
-    overrides = _data_overrides(args.data) + [f"semantic.encoder={args.encoder}",
-                                              f"semantic.stats_images={args.num}"]
+    overrides = _data_overrides(args.data) + [f"semantic.encoder={args.encoder}"]
     if args.encoder_path:
         overrides.append(f"semantic.encoder_path={args.encoder_path}")
-    if args.scale is not None:
-        overrides.append(f"semantic.scale={args.scale}")
     cfg = C.build_config(args.preset, overrides=overrides + _overrides(args))
-    encoder = build_encoder(cfg.semantic.encoder, cfg.model.image_size // cfg.model.patch_size,
-                            **({"path": cfg.semantic.encoder_path} if cfg.semantic.encoder_path else {}))
-    cfg.model.semantic_dim = encoder.feature_dim
-    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
     out = Path(args.out)
     if out.exists():
         raise C.ConfigError(f"{out} exists: choose another --out (nothing was overwritten)")
-    tmp_run = out.parent / f".{out.name}.run"
-    stream = SemanticStream(cfg, dataset, resolve_device(args.device), tmp_run)
-    (tmp_run / "semantic_stats.safetensors").replace(out)
-    tmp_run.rmdir()
-    st = load_stats(out)
+    device = resolve_device(args.device)
+    encoder = encoder_from_config(cfg).to(device)
+    dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
+    st = dataset_stats(encoder, dataset, args.num, args.scale, device)
+    save_stats(st, out)
     print(f"{cfg.semantic.encoder}: {st.num_tokens} tokens x {st.feature_dim} channels from "
           f"{min(args.num, len(dataset))} images (both flips); pixel RMS {st.pixel_rms:.4f}, "
-          f"scale s = {stream.stats.scale:.4f} -> {out}")
+          f"scale s = {st.scale:.4f} -> {out}")
 
 
 def cmd_cache(args) -> None:
     from .data import build_dataset
-    from .semantic import build_encoder, build_feature_cache, load_stats
+    from .semantic import build_feature_cache, load_stats
+    from .semantic.stream import encoder_from_config
     from .train.trainer import resolve_device
     cfg = C.build_config(args.preset, args.config, _data_overrides(args.data) + _overrides(args))
     sc = cfg.semantic
-    encoder = build_encoder(sc.encoder, cfg.model.image_size // cfg.model.patch_size,
-                            **({"path": sc.encoder_path} if sc.encoder_path else {}))
+    encoder = encoder_from_config(cfg)
     dataset = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
     out = Path(args.out)
     if out.exists():
@@ -200,10 +207,7 @@ def cmd_eval(args) -> None:
     if not args.ref:
         raise C.ConfigError("--ref is required: reference statistics from `vco eval ref --data ... "
                             "--out ref.npz`, ADM's VIRTUAL_imagenet256_labeled.npz or JiT's jit_in256_stats.npz")
-    if args.cfg is not None and args.cfg < 0:
-        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {args.cfg}")
-    if args.steps is not None and not 1 <= args.steps <= 10_000:
-        raise C.ConfigError(f"--steps must be in 1..10000, got {args.steps}")
+    _check_sampling(args.cfg, args.steps)
     if torch.distributed.is_available() and "WORLD_SIZE" in __import__("os").environ:
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     model, cfg, meta = load_run_model(args.run, args.weights, device)
@@ -288,13 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a class-labelled grid PNG from a run")
     p.add_argument("--run", required=True, help="run folder")
     p.add_argument("--num", type=int, default=64)
-    p.add_argument("--cfg", type=float, help="guidance scale w (1 = none)")
-    p.add_argument("--steps", type=int, help="sampler steps")
-    p.add_argument("--method", choices=["heun", "euler"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
-    p.add_argument("--device", default="auto")
+    _sampling_args(p)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--npz", action="store_true", help="also write the uint8 samples as .npz")
     p.set_defaults(func=cmd_sample)
@@ -334,14 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help="reference statistics (.npz)")
     p.add_argument("--data", default="fashion-mnist-test", help="ref: the data to describe")
     p.add_argument("--num", type=int, default=10_000, help="samples (a multiple of the classes); ref: images")
-    p.add_argument("--cfg", type=float)
+    _sampling_args(p)
     p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--method", choices=["heun", "euler"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", help="ref: output .npz")
     p.set_defaults(func=cmd_eval)
 

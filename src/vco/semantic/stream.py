@@ -13,11 +13,28 @@ from . import FeatureCache, build_encoder, compute_stats, load_stats, save_stats
 STATS_NAME = "semantic_stats.safetensors"
 
 
+def encoder_from_config(cfg: Config):
+    """The frozen encoder named by ``cfg.semantic``, on the pixel token grid of ``cfg.model``."""
+    sc, mc = cfg.semantic, cfg.model
+    kw = {"path": sc.encoder_path} if sc.encoder == "dinov2" and sc.encoder_path else {}
+    return build_encoder(sc.encoder, mc.image_size // mc.patch_size, **kw)
+
+
+def dataset_stats(encoder, dataset, num: int, scale: float | None, device):
+    """Calibration statistics from ``num`` evenly spaced images of ``dataset``, both flips
+    (as training sees them)."""
+    n = min(num, len(dataset))
+    idx = torch.linspace(0, len(dataset) - 1, n).long().tolist()
+    batches = (torch.stack([dataset[i][0] for i in idx[k:k + 64]]).float() / 127.5 - 1
+               for k in range(0, n, 64))
+    batches = (torch.cat([b, b.flip(-1)]) for b in batches)
+    return compute_stats(encoder, batches, scale=scale, device=device)
+
+
 class SemanticStream:
     def __init__(self, cfg: Config, dataset, device: torch.device, run_dir: Path):
         sc, mc = cfg.semantic, cfg.model
-        kw = {"path": sc.encoder_path} if sc.encoder == "dinov2" and sc.encoder_path else {}
-        self.encoder = build_encoder(sc.encoder, mc.image_size // mc.patch_size, **kw).to(device)
+        self.encoder = encoder_from_config(cfg).to(device)
         if self.encoder.feature_dim != mc.semantic_dim:
             raise ConfigError(f"encoder {sc.encoder} gives {self.encoder.feature_dim} channels but "
                               f"model.semantic_dim is {mc.semantic_dim}: "
@@ -45,13 +62,7 @@ class SemanticStream:
         own = run_dir / STATS_NAME
         if own.is_file():                                  # a resumed run keeps its statistics
             return load_stats(own, scale=sc.scale)
-        n = min(sc.stats_images, len(dataset))
-        idx = torch.linspace(0, len(dataset) - 1, n).long().tolist()
-        batches = (torch.stack([dataset[i][0] for i in idx[k:k + 64]]).float() / 127.5 - 1
-                   for k in range(0, n, 64))
-        # both flips, as training sees them
-        batches = (torch.cat([b, b.flip(-1)]) for b in batches)
-        stats = compute_stats(self.encoder, batches, scale=sc.scale, device=device)
+        stats = dataset_stats(self.encoder, dataset, sc.stats_images, sc.scale, device)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_stats(stats, own)
         return stats
