@@ -7,10 +7,10 @@ import torch
 from vco.config import DiffusionConfig, SamplerConfig, build_config
 from vco.data import ClassBalancedSchedule
 from vco.diffusion import sample, training_loss
+from vco.diffusion.guidance import build_unconditional
 from vco.diffusion.sampler import guided_velocity
 from vco.losses import drifting_regression_loss, hybrid_loss_from_features
 from vco.models import build_model, count_params
-from vco.nn.dual_stream import pixel_blind_mask
 
 
 def tiny_vco(**kw):
@@ -49,18 +49,13 @@ def test_mask_blocks_semantic_to_pixel_for_dropped_samples_only():
     assert not torch.allclose(fa[0], fc[0], atol=1e-4)
 
 
-def test_pixel_blind_mask_layout():
-    m = pixel_blind_mask(torch.tensor([True, False]), 3, 2)
-    ref = torch.ones(2, 1, 5, 5, dtype=torch.bool)
-    ref[0, 0, :3, 3:] = False
-    assert torch.equal(m, ref)
-
-
 def test_semantic_loss_ignores_dropped_samples():
     record = {}
     x, f = torch.randn(16, 3, 4, 4), torch.randn(16, 5, 6)
 
     class Stub(torch.nn.Module):
+        unconditional = build_unconditional("joint_asymmetric_mask", 6)
+
         def forward(self, z, t, y, f_t, drop=None):
             record.update(t=t, drop=drop)
             # error 0.5 on kept samples, a huge one on dropped samples: it must not reach L_sem

@@ -1,4 +1,4 @@
-"""The ``vco`` command: train, sample, info, demo."""
+"""The ``vco`` command: train, sample, info, demo, convert-official."""
 from __future__ import annotations
 
 import argparse
@@ -55,14 +55,20 @@ def _data_overrides(data: str | None) -> list[str]:
 
 def cmd_train(args) -> None:
     from .train import Trainer
+    from .train.init_from import apply_init_from, is_unstarted_conversion, prepare_init_from, source_config
     extra = _data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps else [])
+    init_source = args.init_from
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
             raise CheckpointError(f"{run} is not a run folder (no config.yaml): pass the --out of "
                                   f"an earlier `vco train`")
+        if init_source:
+            raise C.ConfigError("--init-from starts a new run: use it with --out, not with --resume")
         cfg = C.build_config(config_file=run / "config.yaml", overrides=extra + _overrides(args))
         out = run
+        if is_unstarted_conversion(run):     # converted weights, no optimizer state yet
+            init_source = run
     else:
         if not args.out:
             raise C.ConfigError("vco train needs --out RUN_DIR (or --resume RUN_DIR)")
@@ -70,10 +76,17 @@ def cmd_train(args) -> None:
         if (out / "checkpoint.safetensors").exists():
             raise CheckpointError(f"{out} already holds a run: continue it with --resume {out}, "
                                   f"or choose another --out")
-        cfg = C.build_config(args.preset or ("jit-tiny" if not args.config else None), args.config,
+        config = args.config or (source_config(init_source) if init_source and not args.preset else None)
+        cfg = C.build_config(args.preset or ("jit-tiny" if not config else None), config,
                              extra + _overrides(args))
-    trainer = Trainer(cfg, out, resume=bool(args.resume))
-    if args.resume:
+    init = prepare_init_from(init_source, out, cfg) if init_source else None
+    trainer = Trainer(cfg, out, resume=bool(args.resume) and init is None)
+    if init is not None:
+        state, which = init
+        apply_init_from(trainer, state, init_source, which)
+        print(f"initialised {out} from the {which} weights of {init_source} (both EMAs too; "
+              f"fresh optimizer) -> {cfg.train.steps} steps")
+    elif args.resume:
         print(f"resuming {out} at step {trainer.step} -> {cfg.train.steps}")
     summary = trainer.train(progress=not args.quiet)
     print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: "
@@ -108,6 +121,13 @@ def cmd_info(args) -> None:
     from .models import count_params
     cfg = C.build_config(args.preset, args.config, _overrides(args))
     print(C.to_yaml(cfg), end="")
+    if cfg.model.fusion != "none":
+        from .losses import build_aux_loss
+        with torch.device("meta"):
+            aux = build_aux_loss(cfg, encoder=None)
+        extra = sum(p.numel() for p in aux.parameters() if p.requires_grad) if aux is not None else 0
+        if extra:
+            print(f"aux_loss_params={extra}  # trained with the model, not used for sampling")
     print(f"params={count_params(cfg.model)}")
 
 
@@ -241,6 +261,19 @@ def cmd_eval(args) -> None:
         print(f"fid={best['fid']:.4f}")
 
 
+def cmd_convert_official(args) -> None:
+    from .interop import convert_official
+    r = convert_official(args.ckpt, args.out, stats=args.stats, weights=args.weights,
+                         overrides=_overrides(args))
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{args.ckpt} ({r.kind}, preset {r.preset}) -> {r.run}: weights {', '.join(r.sections)}"
+          + (f"; DINOv2 encoder {r.encoder}" if r.encoder else "")
+          + (f"; statistics {r.stats}" if r.stats else ""))
+    weights = "" if "ema1" in r.sections else f" --weights {r.sections[0]}"
+    print(f"next: vco sample --run {r.run}{weights} --out samples.png")
+
+
 def cmd_demo(args) -> None:
     from .plots import plot_loss_curves
     from .sampling import class_labels, generate, save_grid
@@ -286,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--steps", type=int, help="total optimizer steps (train.steps)")
     p.add_argument("--resume", help="continue the run in this folder up to --steps")
+    p.add_argument("--init-from", dest="init_from", metavar="RUN",
+                   help="start from this run's weights (ema1, else model) with a fresh optimizer; "
+                        "its config is used unless --preset/--config is given")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -336,6 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
     p.add_argument("--out", help="ref: output .npz")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("convert-official", help="convert a released V-Co/JiT .pth into a run folder")
+    p.add_argument("ckpt", help="the official checkpoint (.pth), e.g. V-Co-B/16's checkpoint-last.pth")
+    p.add_argument("--out", required=True, help="run folder to create (never overwritten)")
+    p.add_argument("--stats", help="V-Co: RAE's stat.pt or a `vco stats` file, stored in the run "
+                   "for fine-tuning (sampling does not need it)")
+    p.add_argument("--weights", default="all", choices=["all", "ema1", "ema2", "model"],
+                   help="official weights to keep: all (model, ema1, ema2) or only one (ema1 samples)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   nargs="+", help="override a config value, e.g. --set model.in_context_start=4")
+    p.set_defaults(func=cmd_convert_official)
 
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="vco-tiny")

@@ -23,7 +23,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "jit"                 # model registry name (see vco.models)
+    # Table 1: none (single-stream JiT) | dual_stream (V-Co) | token_concat | channel_concat | direct_add
+    fusion: str = "none"
+    stream_blocks: int = 1            # shared-trunk fusions: blocks of each stream after the trunk
+    # Table 2: joint_asymmetric_mask | joint_symmetric_mask | independent_mask |
+    #          input_dropout_zeros | input_dropout_learned (co-denoising models only)
+    uncond: str = "joint_asymmetric_mask"
     image_size: int = 32
     patch_size: int = 4
     in_channels: int = 3
@@ -47,7 +52,8 @@ class DiffusionConfig:
     P_std: float = 0.8
     noise_scale: float = 1.0
     t_eps: float = 0.05               # clamp of the (1 - t) denominators
-    label_drop_prob: float = 0.1      # CFG training dropout
+    label_drop_prob: float = 0.1      # CFG training dropout (joint: label and semantics)
+    semantic_drop_prob: float = 0.2   # independent uncond definitions: semantic dropout
 
 
 @dataclass
@@ -77,10 +83,11 @@ class SemanticConfig:
     stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
     cache: Optional[str] = None       # a `vco cache` folder: targets read from disk, not the encoder
     stats_images: int = 2048          # images used when the statistics are computed at start
-    scale: Optional[float] = None     # RMS rescale factor s; None: the one stored with the stats
+    scale: Optional[float] = None     # RMS ratio s = RMS(pixels) / RMS(features); None: measured
+    calibration: str = "rms"          # Table 4: rms (features x s) | none | time_shift (t' from s)
     loss_weight: float = 0.1          # lambda_d of the semantic v-loss
-    aux_loss: str = "hybrid"          # hybrid | none
-    aux_weight: float = 10.0          # lambda_h
+    aux_loss: str = "hybrid"          # Table 3: hybrid | none | repa | perceptual | drifting
+    aux_weight: Optional[float] = None  # None: the paper's weight of that loss (hybrid 10)
     gate_tau: float = 10.0            # hybrid loss: attraction gate temperature
     repulsion_tau: float = 0.2        # hybrid loss: repulsion kernel temperature
 
@@ -156,11 +163,17 @@ def _merge(base: dict, update: dict) -> dict:
 _DINOV2 = dict(encoder="dinov2", encoder_path="facebook/dinov2-with-registers-base", scale=0.485)
 for _size, _cfg_scale in (("b16", 1.8), ("l16", 1.8), ("h16", 1.5)):
     _PRESETS[f"vco-{_size}"] = _merge(_PRESETS[f"jit-{_size}"], dict(
-        model=dict(arch="vco", semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
+        model=dict(fusion="dual_stream", stream_blocks=2, semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
         semantic=_DINOV2, data=dict(classes_per_batch=1), sampler=dict(cfg=_cfg_scale)))
 _PRESETS["vco-tiny"] = _merge(_PRESETS["jit-tiny"], dict(
-    model=dict(arch="vco", semantic_dim=96), data=dict(classes_per_batch=8),
+    model=dict(fusion="dual_stream", semantic_dim=96), data=dict(classes_per_batch=8),
     semantic=dict(stats_images=1024)))
+
+
+# JiT widened to V-Co's parameter count (Table 1's "widened" row): B at hidden 1088, 16 heads
+# (261,950,744 params vs V-Co-B's 260,666,112); tiny at hidden 360, 6 heads (14.56M vs 14.67M).
+_PRESETS["jit-b16-wide"] = _merge(_PRESETS["jit-b16"], dict(model=dict(hidden_size=1088, num_heads=16)))
+_PRESETS["jit-tiny-wide"] = _merge(_PRESETS["jit-tiny"], dict(model=dict(hidden_size=360, num_heads=6)))
 
 
 def preset_names() -> list[str]:

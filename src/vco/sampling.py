@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .diffusion import initial_noise, sample
+from .semantic.stream import stream_times
 from .train.trainer import resolve_precision
 
 
@@ -42,13 +43,14 @@ def generate(model, cfg: Config, labels: torch.Tensor, seed: int = 0, batch_size
     """uint8 images (N, C, H, W) for ``labels``; sample k uses the noise of index first_index + k."""
     m = cfg.model
     use_bf16 = resolve_precision(cfg.train.precision, torch.device(device)) == "bf16"
+    times = stream_times(cfg, len(model.stream_shapes(1)))
     out = []
     for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress,
                       leave=False):
         y = labels[start:start + batch_size].to(device)
         noise = sample_noise(model, range(first_index + start, first_index + start + len(y)), seed, device)
         with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
-            x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes)
+            x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes, stream_times=times)
         out.append(to_uint8(x).cpu())
     return torch.cat(out)
 

@@ -5,6 +5,8 @@ The network predicts the clean sample x_hat; velocities are v = (x - z) / max(1 
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 from ..config import DiffusionConfig
@@ -50,19 +52,35 @@ def drop_labels(y: torch.Tensor, drop: torch.Tensor, num_classes: int) -> torch.
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
+class SameTime:
+    """A stream's clock: its noise level as a function of the shared t, here t itself. (The
+    time-shift calibration gives the semantic stream its own t'.)"""
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
 def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig, num_classes: int,
                   generator: torch.Generator | None = None, semantic: torch.Tensor | None = None,
-                  semantic_weight: float = 0.1, aux=None, aux_weight: float = 0.0) -> dict:
+                  semantic_weight: float = 0.1, semantic_time=SameTime(), aux=None,
+                  aux_weight: float = 0.0) -> dict:
     """The training objective on clean images x (B, C, H, W) in [-1, 1] and labels y (B,).
 
-    JiT: L = L_pix. V-Co (``semantic`` = clean calibrated features (B, N, C)): both streams are
-    noised at the same t with their own noise; one Bernoulli(label_drop_prob) per sample drops
-    the label AND the semantic->pixel attention pathway; L = L_pix + w_d L_sem + w_h L_aux, where
-    L_sem averages only over the kept samples. Random draws in the official order: drop, t,
-    pixel noise, semantic noise. Returns the total "loss" and each term (detached).
+    JiT: L = L_pix, with Bernoulli(label_drop_prob) label dropout. Co-denoising (``semantic`` =
+    clean calibrated features (B, N, C)): the model's CFG definition (``model.unconditional``)
+    draws which samples lose the label and which the semantic pathway (V-Co: one draw for both);
+    both streams are noised at the same t (the semantic stream at ``semantic_time(t)``, t itself
+    unless calibrated by a time shift) with their own noise; L = L_pix + w_d L_sem + w_a L_aux,
+    where L_sem averages only over the samples that kept their semantics. Random draws in the
+    official order: drops, t, pixel noise, semantic noise. Returns the total "loss" and each
+    term (detached).
     """
     b, dev = x.shape[0], x.device
-    drop = torch.rand(b, generator=generator, device=dev) < cfg.label_drop_prob
+    if semantic is None:
+        drop = torch.rand(b, generator=generator, device=dev) < cfg.label_drop_prob
+    else:
+        drops = model.unconditional.draw(b, cfg, generator, dev)
+        drop = drops.label
     t = sample_t(b, cfg, generator, dev)
     z = add_noise(x, t, torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype),
                   cfg.noise_scale)
@@ -71,16 +89,19 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig,
         x_pred, _ = model(z, t, y_in)
         pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
         return {"loss": pix, "pix": pix.detach()}
+    t_f = semantic_time(t)
     eps_f = torch.randn(semantic.shape, generator=generator, device=dev, dtype=semantic.dtype)
-    z_f = add_noise(semantic, t, eps_f, cfg.noise_scale)
-    x_pred, f_pred = model(z, t, y_in, z_f, drop=drop)
+    z_f = add_noise(semantic, t_f, eps_f, cfg.noise_scale)
+    tap = getattr(aux, "tap_block", None)              # REPA reads a backbone block's tokens
+    with model.tapping(tap) if tap is not None else nullcontext({}) as tapped:
+        x_pred, f_pred = model(z, t, y_in, z_f, drop=drops.semantic)
     pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
-    sem = masked_mean(v_loss(f_pred, semantic, z_f, t, cfg.t_eps), ~drop)
+    sem = masked_mean(v_loss(f_pred, semantic, z_f, t_f, cfg.t_eps), ~drops.semantic)
     loss = pix + semantic_weight * sem
     terms = {"pix": pix.detach(), "sem": sem.detach()}
     if aux is not None:
         # the auxiliary loss sees the true labels, dropped samples included (official grouping)
-        aux_value = aux(x_pred.float(), x, y)
+        aux_value = aux(x_pred.float(), x, y, semantic=semantic, hidden=tapped.get("hidden"))
         loss = loss + aux_weight * aux_value
         terms["aux"] = aux_value.detach()
     return {"loss": loss, **terms}

@@ -6,7 +6,8 @@ throughout. Guidance v = v_u + w (v_c - v_u) is applied only where interval_min 
 (strict, fp32, as the reference; interval_min == 0 disables the lower test); elsewhere w = 1 and
 the unconditional pass is skipped. The conditional and unconditional passes run as one batch.
 The sampler integrates every stream the model has (pixels, and semantic features for V-Co) with
-the same dt and the same w, and returns the pixel stream.
+the same w, each over the same t grid read on its own clock (t, or t' under the time-shift
+calibration), and returns the pixel stream.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import DiffusionConfig, SamplerConfig
-from .flow import velocity
+from .flow import SameTime, velocity
 
 
 def guidance_scale(t: float, cfg: SamplerConfig) -> float:
@@ -27,51 +28,61 @@ def guidance_scale(t: float, cfg: SamplerConfig) -> float:
 
 
 def guided_velocity(model, states: Sequence[torch.Tensor], t: float, y: torch.Tensor, w: float,
-                    null_label: int, t_eps: float) -> list[torch.Tensor]:
-    """Velocity of every stream at time t; cond and uncond batched as one forward of 2B."""
+                    null_label: int, t_eps: float, stream_times=None) -> list[torch.Tensor]:
+    """Velocity of every stream at time t, each on its own clock (d z / d stream_time(t));
+    cond and uncond batched as one forward of 2B."""
     b = y.shape[0]
+    times = stream_times or [SameTime()] * len(states)
     tt = torch.full((b,), t, dtype=torch.float32, device=y.device)
     if w == 1.0:
         preds = model(states[0], tt, y, *states[1:])
-        return [velocity(p, z, tt, t_eps) for p, z in zip(preds, states)]
+        return [velocity(p, z, st(tt), t_eps) for p, z, st in zip(preds, states, times)]
     z2 = [torch.cat([z, z]) for z in states]
     y2 = torch.cat([y, torch.full_like(y, null_label)])
     drop = torch.cat([torch.zeros_like(y, dtype=torch.bool), torch.ones_like(y, dtype=torch.bool)])
     preds = model(z2[0], torch.cat([tt, tt]), y2, *z2[1:], drop=drop)
     out = []
-    for p, z in zip(preds, z2):
-        v_c, v_u = velocity(p, z, torch.cat([tt, tt]), t_eps).chunk(2)
+    for p, z, st in zip(preds, z2, times):
+        v_c, v_u = velocity(p, z, st(torch.cat([tt, tt])), t_eps).chunk(2)
         out.append(v_u + w * (v_c - v_u))
     return out
 
 
 @torch.no_grad()
 def sample(model, y: torch.Tensor, noise: Sequence[torch.Tensor], cfg: SamplerConfig,
-           diffusion: DiffusionConfig, null_label: int, progress: bool = False) -> torch.Tensor:
+           diffusion: DiffusionConfig, null_label: int, progress: bool = False,
+           stream_times=None) -> torch.Tensor:
     """Integrate from the given initial noise (one tensor per stream, unit variance) to t = 1.
 
-    y: (B,) labels; returns the pixel stream (B, C, H, W) at t = 1.
+    y: (B,) labels; ``stream_times``: each stream's noise level as a function of t (default:
+    t for every stream). Returns the pixel stream (B, C, H, W) at t = 1.
     """
     if cfg.method not in ("heun", "euler"):
         raise ValueError(f"unknown sampler method '{cfg.method}': use heun or euler")
     if cfg.steps < 1:
         raise ValueError(f"sampler steps must be >= 1, got {cfg.steps}")
     states = [n * diffusion.noise_scale for n in noise]
-    grid = torch.linspace(0, 1, cfg.steps + 1, dtype=torch.float32).tolist()
+    times = stream_times or [SameTime()] * len(states)
+    grid = torch.linspace(0, 1, cfg.steps + 1, dtype=torch.float32)
+    # Each stream advances by the step of its own clock (t itself, or a time-shifted t'), so an
+    # exact x-prediction lands every stream exactly on its clean value at t = 1.
+    clocks = [st(grid).tolist() for st in times]
+    grid = grid.tolist()
 
     def vel(zs, t):
-        return guided_velocity(model, zs, t, y, guidance_scale(t, cfg), null_label, diffusion.t_eps)
+        return guided_velocity(model, zs, t, y, guidance_scale(t, cfg), null_label, diffusion.t_eps,
+                               times)
 
     for k in tqdm(range(cfg.steps), desc="sampling", disable=not progress, leave=False):
         t0, t1 = grid[k], grid[k + 1]
-        dt = t1 - t0
+        dts = [c[k + 1] - c[k] for c in clocks]
         v0 = vel(states, t0)
-        euler = [z + dt * v for z, v in zip(states, v0)]
+        euler = [z + dt * v for z, dt, v in zip(states, dts, v0)]
         if cfg.method == "euler" or k == cfg.steps - 1:
             states = euler
         else:
             v1 = vel(euler, t1)
-            states = [z + dt * 0.5 * (a + b) for z, a, b in zip(states, v0, v1)]
+            states = [z + dt * 0.5 * (a + b) for z, dt, a, b in zip(states, dts, v0, v1)]
     return states[0]
 
 

@@ -55,12 +55,14 @@ def hybrid_loss_from_features(g: torch.Tensor, p: torch.Tensor, labels: torch.Te
 class HybridLoss(torch.nn.Module):
     """Applies the hybrid loss in a frozen encoder's pooled feature space (gradients flow through
     the encoder into x_pred; the encoder's own weights stay frozen)."""
+    tap_block = None
+    default_weight = 10.0
 
     def __init__(self, encoder, gate_tau: float = 10.0, repulsion_tau: float = 0.2):
         super().__init__()
         self.encoder, self.gate_tau, self.repulsion_tau = encoder, gate_tau, repulsion_tau
 
-    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, **unused) -> torch.Tensor:
         g = self.encoder.pooled_features(x_pred)
         with torch.no_grad():
             p = self.encoder.pooled_features(x)

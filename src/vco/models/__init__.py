@@ -1,21 +1,22 @@
-"""Model registry: ``ModelConfig.arch`` -> constructor."""
+"""Model registry: ``ModelConfig.fusion`` -> constructor (V-Co Table 1)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from .fusions import FUSIONS, SharedTrunk
 from .jit import JiT
 from .vco import VCo
 
-MODELS = {"jit": JiT, "vco": VCo}
+MODELS = {"none": JiT, "dual_stream": VCo, **{name: SharedTrunk for name in FUSIONS}}
 
 
 def build_model(cfg: ModelConfig, device: str | torch.device | None = None) -> nn.Module:
-    if cfg.arch not in MODELS:
-        raise ValueError(f"unknown model arch '{cfg.arch}'; choose one of {', '.join(MODELS)}")
+    if cfg.fusion not in MODELS:
+        raise ValueError(f"unknown model.fusion '{cfg.fusion}'; choose one of {', '.join(MODELS)}")
     with torch.device(device or "cpu"):
-        return MODELS[cfg.arch](cfg)
+        return MODELS[cfg.fusion](cfg)
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -1,6 +1,8 @@
 """JiT: the single-stream pixel diffusion transformer (Li & He 2025), x-prediction."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn as nn
 
@@ -51,6 +53,31 @@ class PixelDiffusionTransformer(nn.Module):
         """Shapes of the states the sampler integrates, pixels first."""
         c = self.cfg
         return [(batch, c.in_channels, c.image_size, c.image_size)]
+
+    def has_in_context(self, i: int) -> bool:
+        """Whether the output of block i carries the in-context tokens (in front)."""
+        return self.uses_in_context and i >= self.cfg.in_context_start
+
+    def pixel_tokens(self, i: int, out) -> torch.Tensor:
+        """The pixel tokens (B, N, H) in the output of ``self.blocks[i]``, in-context excluded."""
+        return out[:, self.cfg.in_context_len:] if self.has_in_context(i) else out
+
+    @contextmanager
+    def tapping(self, i: int | None):
+        """Collects the pixel tokens after block i of the next forward into the yielded dict
+        (key "hidden"), for losses on the backbone's hidden state (REPA). i = None: nothing."""
+        found: dict = {}
+        if i is None:
+            yield found
+            return
+        if not 0 <= i < len(self.blocks):
+            raise ValueError(f"cannot tap block {i}: the model has {len(self.blocks)} blocks")
+        handle = self.blocks[i].register_forward_hook(
+            lambda _m, _inp, out: found.__setitem__("hidden", self.pixel_tokens(i, out)))
+        try:
+            yield found
+        finally:
+            handle.remove()
 
 
 class JiT(PixelDiffusionTransformer):

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..diffusion.guidance import build_unconditional
 from ..nn.dual_stream import DualStreamBlock
 from ..nn.layers import FinalLayer, init_jit_weights, unpatchify
 from .jit import PixelDiffusionTransformer, in_context_tokens
@@ -27,22 +28,20 @@ class SemanticEmbed(nn.Module):
         return self.proj2(self.proj1(f))
 
 
-class VCo(PixelDiffusionTransformer):
-    """forward(x_t, t, y, f_t, drop) -> (x_pred (B, C, H, W), f_pred (B, N, semantic_dim)).
-
-    ``drop`` (B,) bool marks the structurally unconditional samples: their pixel queries are
-    masked from every semantic key in every block.
-    """
+class CoDenoisingTransformer(PixelDiffusionTransformer):
+    """What every co-denoising model adds to the pixel transformer: the semantic embedding, the
+    two x-prediction heads and the definition of the unconditional branch (``cfg.uncond``).
+    Subclasses build ``self.blocks``, then call ``init_weights()``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         h = cfg.hidden_size
         self.s_embedder = SemanticEmbed(cfg.semantic_dim, cfg.semantic_bottleneck or cfg.bottleneck_dim, h)
-        self.blocks = nn.ModuleList([
-            DualStreamBlock(h, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
-            for i in range(cfg.depth)])
         self.pixel_head = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
         self.semantic_head = FinalLayer(h, cfg.semantic_dim)
+        self.unconditional = build_unconditional(cfg.uncond, cfg.semantic_dim)
+
+    def init_weights(self) -> None:
         init_jit_weights(self)
         # The official code leaves the semantic input projections at PyTorch's default init.
         self.s_embedder.proj1.reset_parameters()
@@ -51,21 +50,51 @@ class VCo(PixelDiffusionTransformer):
     def stream_shapes(self, batch: int) -> list[tuple[int, ...]]:
         return super().stream_shapes(batch) + [(batch, self.grid ** 2, self.cfg.semantic_dim)]
 
+    def embed(self, x, t, y, f, drop):
+        """-> c (B, H), y_emb (B, H), pixel tokens (B, N, H), semantic tokens (B, N, H)."""
+        y_emb = self.y_embedder(y)
+        c = self.t_embedder(t) + y_emb                                # shared by both streams
+        f = self.unconditional.semantic_input(f, drop)
+        return c, y_emb, self.x_embedder(x) + self.pos_embed, self.s_embedder(f) + self.pos_embed
+
+    def heads(self, pixel: torch.Tensor, semantic: torch.Tensor, c: torch.Tensor):
+        """Token states (B, N, H) of each stream -> (x_pred (B, C, H, W), f_pred (B, N, C_s))."""
+        x_pred = unpatchify(self.pixel_head(pixel, c), self.cfg.patch_size, self.cfg.in_channels)
+        return x_pred, self.semantic_head(semantic, c)
+
+
+class VCo(CoDenoisingTransformer):
+    """forward(x_t, t, y, f_t, drop) -> (x_pred (B, C, H, W), f_pred (B, N, semantic_dim)).
+
+    ``drop`` (B,) bool marks the samples whose semantic pathway is removed (the structurally
+    unconditional ones); what that means is ``self.unconditional``'s choice.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        self.blocks = nn.ModuleList([
+            DualStreamBlock(cfg.hidden_size, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
+            for i in range(cfg.depth)])
+        self.init_weights()
+
+    def pixel_tokens(self, i: int, out) -> torch.Tensor:
+        return super().pixel_tokens(i, out[0])
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, f: torch.Tensor,
                 drop: torch.Tensor | None = None):
         cfg = self.cfg
-        y_emb = self.y_embedder(y)                                    # (B, H)
-        c = self.t_embedder(t) + y_emb                                # (B, H) shared by both streams
-        xs = [self.x_embedder(x) + self.pos_embed,                    # (B, N, H) pixels
-              self.s_embedder(f) + self.pos_embed]                    # (B, N, H) semantic
+        c, y_emb, pixel, semantic = self.embed(x, t, y, f, drop)
+        xs = [pixel, semantic]                                        # (B, N, H) each
         rope = self.rope.tables()
+        mask = self.unconditional.attention_mask(drop, self.grid ** 2, 2 * self.grid ** 2)
         for i, block in enumerate(self.blocks):
             if self.uses_in_context and i == cfg.in_context_start:
                 ctx = in_context_tokens(y_emb, self.in_context_posemb)   # (B, L, H), one copy each
                 xs = [torch.cat([ctx, s], dim=1) for s in xs]
                 rope = self.rope.tables(prefix=cfg.in_context_len)
-            xs = block(xs, c, rope, drop)
+                n = xs[0].shape[1]                                    # each stream's ctx on its side
+                mask = self.unconditional.attention_mask(drop, n, 2 * n)
+            xs = block(xs, c, rope, mask)
         if self.uses_in_context:
             xs = [s[:, cfg.in_context_len:] for s in xs]
-        x_pred = unpatchify(self.pixel_head(xs[0], c), cfg.patch_size, cfg.in_channels)
-        return x_pred, self.semantic_head(xs[1], c)
+        return self.heads(xs[0], xs[1], c)

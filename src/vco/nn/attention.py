@@ -76,10 +76,11 @@ class Attention(nn.Module):
         """o: (B, heads, N, head_dim) -> (B, N, H) through the output projection."""
         return self.proj_drop(self.proj(o.transpose(1, 2).flatten(2)))
 
-    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """mask: optional boolean (B, 1, N, N), True = may attend."""
         q, k, v = self.qkv_heads(x, rope)
         drop = self.attn_drop if self.training else 0.0
-        return self.output(F.scaled_dot_product_attention(q, k, v, dropout_p=drop))
+        return self.output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop))
 
 
 class BlockLayers(nn.Module):
@@ -99,9 +100,9 @@ class BlockLayers(nn.Module):
 class JiTBlock(BlockLayers):
     """Pre-norm transformer block with adaLN-Zero gating."""
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope, mask: torch.Tensor | None = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
             self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, mask)
         x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x

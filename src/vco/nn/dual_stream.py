@@ -2,8 +2,8 @@
 
 Each stream (pixels, semantic features) has its own norms, adaLN, qkv, q/k norms, output
 projection and MLP; the only interaction is one attention over the concatenated sequence
-[pixel tokens ; semantic tokens], in every block. The structural CFG mask stops the pixel queries
-of unconditional samples from reading the semantic keys (V-Co §4).
+[pixel tokens ; semantic tokens], in every block. Which pathways an unconditional sample loses
+is the attention mask the model's CFG definition builds (vco.diffusion.guidance).
 """
 from __future__ import annotations
 
@@ -15,25 +15,9 @@ from .attention import BlockLayers
 from .layers import modulate
 
 
-def pixel_blind_mask(drop: torch.Tensor, n_pixel: int, n_semantic: int) -> torch.Tensor:
-    """Boolean SDPA mask (B, 1, S, S), True = may attend: the pixel queries of dropped samples
-    see no semantic key (their in-context tokens included); everything else sees everything."""
-    s = n_pixel + n_semantic
-    mask = torch.ones(drop.shape[0], 1, s, s, dtype=torch.bool, device=drop.device)
-    mask[:, :, :n_pixel, n_pixel:] = ~drop.view(-1, 1, 1, 1)
-    return mask
-
-
-def joint_attention(q, k, v, n_pixel: int, drop: torch.Tensor | None, dropout_p: float = 0.0):
-    """SDPA over both streams; q, k, v: (B, heads, S, d) with the pixel stream first."""
-    mask = None
-    if drop is not None and bool(drop.any()):  # skip all masking work when no sample is dropped
-        mask = pixel_blind_mask(drop, n_pixel, q.shape[2] - n_pixel)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-
-
 class DualStreamBlock(nn.Module):
-    """forward(xs, c, rope, drop) with xs = [pixel (B, Np, H), semantic (B, Ns, H)]."""
+    """forward(xs, c, rope, mask) with xs = [pixel (B, Np, H), semantic (B, Ns, H)] and mask an
+    optional boolean (B, 1, Np + Ns, Np + Ns) over the joint sequence, True = may attend."""
 
     def __init__(self, hidden: int, num_heads: int, mlp_ratio: float = 4.0,
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
@@ -42,14 +26,15 @@ class DualStreamBlock(nn.Module):
         self.semantic = BlockLayers(hidden, num_heads, mlp_ratio, attn_drop, proj_drop)
         self.attn_drop = attn_drop
 
-    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, rope, drop: torch.Tensor | None):
+    def forward(self, xs: list[torch.Tensor], c: torch.Tensor, rope, mask: torch.Tensor | None):
         streams = (self.pixel, self.semantic)
         mods = [s.adaLN_modulation(c).chunk(6, dim=-1) for s in streams]
         qkv = [s.attn.qkv_heads(modulate(s.norm1(x), m[0], m[1]), rope)
                for s, x, m in zip(streams, xs, mods)]
-        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))
+        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))      # (B, heads, Np + Ns, d)
         n_pixel = xs[0].shape[1]
-        o = joint_attention(q, k, v, n_pixel, drop, self.attn_drop if self.training else 0.0)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_drop if self.training else 0.0)
         outs = (o[:, :, :n_pixel], o[:, :, n_pixel:])
         result = []
         for s, x, m, o_s in zip(streams, xs, mods, outs):

@@ -13,9 +13,11 @@ from typing import Callable
 from .base import SemanticEncoder
 from .cache import FeatureCache, build_feature_cache, dataset_fingerprint
 from .calibration import (
+    CALIBRATIONS,
     PAPER_DINOV2_B_SCALE,
     FeatureStats,
     StatsAccumulator,
+    build_calibration,
     compute_stats,
     from_rae_layout,
     load_stats,
@@ -51,7 +53,7 @@ __all__ = [
     "SemanticEncoder", "MobileNetV2", "MobileNetV2Encoder", "load_mobilenet_v2",
     "DINOv2Encoder", "DEFAULT_DINOV2", "dinov2_base_config", "dinov2_from_state_dict", "rename_dinov2_keys",
     "FeatureStats", "StatsAccumulator", "compute_stats", "save_stats", "load_stats",
-    "from_rae_layout", "to_rae_layout", "PAPER_DINOV2_B_SCALE",
+    "from_rae_layout", "to_rae_layout", "PAPER_DINOV2_B_SCALE", "CALIBRATIONS", "build_calibration",
     "FeatureCache", "build_feature_cache", "dataset_fingerprint",
     "ENCODERS", "build_encoder",
 ]

@@ -76,6 +76,15 @@ class SemanticEncoder(nn.Module, metaclass=abc.ABCMeta):
     def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> (B, pooled_dim), differentiable w.r.t. images."""
 
+    def perceptual_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch view used by the perceptual auxiliary loss: images (B, 3, H, W) in [-1, 1] ->
+        (B, N', C), differentiable w.r.t. images.
+
+        Defaults to `patch_features`; an encoder whose official loss reads other patch tokens (DINOv2:
+        bilinear input, LayerNorm affine kept) overrides it.
+        """
+        return self.patch_features(images)
+
     def _freeze(self) -> None:
         for p in self.parameters():
             p.requires_grad_(False)

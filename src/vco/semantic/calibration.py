@@ -23,6 +23,8 @@ from typing import Iterable
 
 import torch
 
+from ..diffusion.flow import SameTime
+
 PAPER_DINOV2_B_SCALE = 0.485  # "Empirically calculated" in the official code, DINOv2-B-reg + RAE stats
 FORMAT = "vco.feature_stats.v1"
 
@@ -249,3 +251,61 @@ def load_stats(path: str | os.PathLike, scale: float | None = None) -> FeatureSt
     # A safetensors file starts with a little-endian u64 header length followed by '{'.
     stats = _load_ours(path) if head[8:9] == b"{" else _load_rae(path)
     return stats if scale is None else stats.with_scale(scale)
+
+
+# --------------------------------------------------------------------------- Table 4
+# How the measured RMS ratio s = RMS(pixels) / RMS(normalised features) is used to give both
+# streams the same signal-to-noise ratio (config ``semantic.calibration``).
+
+class ShiftedTime:
+    """t' = a t / (1 + (a - 1) t): the noise level at which unscaled features have the SNR that
+    features scaled by a have at t, since t' / (1 - t') = a t / (1 - t). Maps 0 -> 0, 1 -> 1."""
+
+    def __init__(self, alpha: float):
+        self.alpha = float(alpha)
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor:
+        return self.alpha * t / (1 + (self.alpha - 1) * t)
+
+
+class RMSScaling:
+    """V-Co's choice: features multiplied by s; the semantic stream is noised at t."""
+
+    def __init__(self, ratio: float):
+        self.ratio = ratio
+
+    def feature_scale(self) -> float:
+        return self.ratio
+
+    def stream_time(self):
+        return SameTime()
+
+
+class NoCalibration(RMSScaling):
+    """Features only variance-normalised (scale 1), noised at t: mismatched SNR."""
+
+    def feature_scale(self) -> float:
+        return 1.0
+
+
+class TimeShift(RMSScaling):
+    """Features unscaled; the semantic stream is noised at t' = ShiftedTime(s)(t), in training
+    (input, target and predicted velocity alike) and in sampling."""
+
+    def feature_scale(self) -> float:
+        return 1.0
+
+    def stream_time(self):
+        return ShiftedTime(self.ratio)
+
+
+CALIBRATIONS = {"rms": RMSScaling, "none": NoCalibration, "time_shift": TimeShift}
+
+
+def build_calibration(name: str, ratio: float | None) -> RMSScaling:
+    if name not in CALIBRATIONS:
+        raise ValueError(f"unknown semantic.calibration '{name}'; choose one of {', '.join(CALIBRATIONS)}")
+    if ratio is None or not ratio > 0:
+        raise ValueError(f"semantic.calibration={name} needs the RMS ratio semantic.scale > 0 "
+                         f"(measured by `vco stats` or at the start of training), got {ratio}")
+    return CALIBRATIONS[name](float(ratio))

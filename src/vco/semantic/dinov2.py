@@ -5,6 +5,8 @@
   transformer -> final LayerNorm *without* its affine -> drop CLS + register tokens -> (B, grid^2, hidden).
 * pooled_features: the hybrid-loss feature (section 3.4): bilinear resize -> [0, 1] -> ImageNet mean/std ->
   transformer -> final LayerNorm *with* its affine -> CLS token, float32.
+* perceptual_features: the perceptual-loss feature (`--aux_dinov2_loss`), the same pipeline as
+  pooled_features but keeping the patch tokens instead of CLS: (B, grid^2, hidden), float32.
 
 The official code keeps two copies of the network, one with the LayerNorm affine deleted. Here one model
 serves both: we run the embeddings and encoder blocks ourselves to get the pre-norm hidden state, then
@@ -156,3 +158,9 @@ class DINOv2Encoder(SemanticEncoder):
         pixels = imagenet_normalize(resize(images, self.input_size, "bilinear") * 0.5 + 0.5)
         hidden = self._prenorm_tokens(pixels)
         return self.model.layernorm(hidden[:, 0]).float()  # (B, hidden): CLS with the affine LayerNorm
+
+    def perceptual_features(self, images: torch.Tensor) -> torch.Tensor:
+        check_images(images)  # the pooled_features pipeline, keeping the patch tokens instead of CLS
+        pixels = imagenet_normalize(resize(images, self.input_size, "bilinear") * 0.5 + 0.5)
+        hidden = self._prenorm_tokens(pixels)[:, self.num_prefix_tokens:]  # drop CLS + registers
+        return self.model.layernorm(hidden).float()  # (B, grid^2, hidden): affine LayerNorm, row-major

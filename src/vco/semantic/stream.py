@@ -1,5 +1,5 @@
 """The semantic stream of a training run: frozen encoder -> calibrated clean targets, and the
-auxiliary loss in the same encoder's pooled feature space."""
+auxiliary loss (Table 3) in the same encoder's feature space."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError
-from ..losses.hybrid import HybridLoss
-from . import FeatureCache, build_encoder, compute_stats, load_stats, save_stats
+from ..diffusion.flow import SameTime
+from ..losses import build_aux_loss
+from . import FeatureCache, build_calibration, build_encoder, compute_stats, load_stats, save_stats
 
 STATS_NAME = "semantic_stats.safetensors"
 
@@ -42,15 +43,18 @@ class SemanticStream:
         # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
         # pass for the targets; the hybrid loss still runs the encoder on x_pred.
         self.cache = FeatureCache(sc.cache, dataset, self.encoder) if sc.cache else None
-        self.stats = self._stats(cfg, dataset, device, Path(run_dir)).to(device)
-        self.stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
-        if sc.aux_loss == "hybrid":
-            self.aux = HybridLoss(self.encoder, sc.gate_tau, sc.repulsion_tau)
-        elif sc.aux_loss == "none":
-            self.aux = None
-        else:
-            raise ConfigError(f"unknown semantic.aux_loss '{sc.aux_loss}': use hybrid or none")
-        self.weight, self.aux_weight = sc.loss_weight, sc.aux_weight
+        stats = self._stats(cfg, dataset, device, Path(run_dir))
+        stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
+        # Table 4: the measured RMS ratio either scales the features or shifts their noise level.
+        # The run's config records the ratio so that sampling can rebuild the same calibration.
+        self.calibration = build_calibration(sc.calibration, stats.scale)
+        sc.scale = stats.scale
+        self.stats = stats.with_scale(self.calibration.feature_scale()).to(device)
+        self.aux = build_aux_loss(cfg, self.encoder)
+        if self.aux is not None:
+            self.aux.to(device)
+        self.weight = sc.loss_weight
+        self.aux_weight = sc.aux_weight if sc.aux_weight is not None else getattr(self.aux, "default_weight", 0.0)
 
     def _stats(self, cfg: Config, dataset, device, run_dir: Path):
         sc = cfg.semantic
@@ -80,4 +84,18 @@ class SemanticStream:
     def loss_inputs(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor) -> dict:
         """The co-denoising arguments of ``diffusion.training_loss`` for this batch."""
         return {"semantic": self.targets(x, indices, flipped), "semantic_weight": self.weight,
-                "aux": self.aux, "aux_weight": self.aux_weight}
+                "semantic_time": self.calibration.stream_time(), "aux": self.aux,
+                "aux_weight": self.aux_weight}
+
+
+def stream_times(cfg: Config, num_streams: int) -> list:
+    """Each stream's noise level as a function of the sampler's t, for sampling from a run of
+    ``cfg`` (pixels: t; semantic: t, or t' under the time-shift calibration)."""
+    if num_streams == 1:
+        return [SameTime()]
+    sc = cfg.semantic
+    if sc.calibration == "time_shift" and sc.scale is None:
+        raise ConfigError("this run uses semantic.calibration=time_shift but its config has no "
+                          "semantic.scale (the RMS ratio): pass --set semantic.scale=<ratio>")
+    calibration = build_calibration(sc.calibration, sc.scale if sc.scale is not None else 1.0)
+    return [SameTime(), calibration.stream_time()]

@@ -66,9 +66,9 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict) -> dict[str
     return out
 
 
-def load_optimizer_tensors(optimizer: torch.optim.Optimizer, model: nn.Module, tensors: dict) -> None:
-    """Inverse of optimizer_tensors; ``tensors`` keys are '<name>/<state key>' (prefix stripped)."""
-    params = dict(model.named_parameters())
+def load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict, tensors: dict) -> None:
+    """Inverse of optimizer_tensors; ``params``: name -> parameter; ``tensors`` keys are
+    '<name>/<state key>' (prefix stripped)."""
     for key, v in tensors.items():
         name, k = key.rsplit("/", 1)
         if name not in params:

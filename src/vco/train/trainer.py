@@ -52,10 +52,10 @@ def lr_at(step: int, base_lr: float, warmup: int) -> float:
     return base_lr * min(1.0, (step + 1) / warmup) if warmup > 0 else base_lr
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(params: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict]:
     """Biases and 1-D tensors (norm weights) never get weight decay."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in params.items():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or name.endswith(".bias") else decay).append(p)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
@@ -83,9 +83,6 @@ class Trainer:
         self.model = build_model(cfg.model, self.device)
         self.global_batch = tc.batch_size * tc.grad_accum
         self.base_lr = tc.blr * self.global_batch / 256
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, tc.weight_decay), lr=self.base_lr,
-                                           betas=tuple(tc.betas))
-        self.emas = [EMA(self.model, d) for d in tc.ema_decays]
         if cfg.data.classes_per_batch > 0:
             self.schedule = ClassBalancedSchedule(self.dataset.labels, self.global_batch, tc.grad_accum,
                                                   cfg.data.classes_per_batch, tc.seed)
@@ -95,6 +92,14 @@ class Trainer:
         if len(self.model.stream_shapes(1)) > 1:     # a co-denoising model: semantic targets
             from ..semantic.stream import SemanticStream
             self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir)
+        # What the optimizer trains: the model, plus an auxiliary loss's own head (REPA's projector).
+        aux = self.semantic.aux if self.semantic is not None else None
+        self.aux_params = {n: p for n, p in aux.named_parameters() if p.requires_grad} if aux is not None else {}
+        self.params = dict(self.model.named_parameters())
+        self.params.update({f"aux.{n}": p for n, p in self.aux_params.items()})
+        self.optimizer = torch.optim.AdamW(param_groups(self.params, tc.weight_decay), lr=self.base_lr,
+                                           betas=tuple(tc.betas))
+        self.emas = [EMA(self.model, d) for d in tc.ema_decays]
         self.generator = torch.Generator(self.device).manual_seed(tc.seed)
         self.step = 0
         self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
@@ -103,8 +108,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        names = {p: n for n, p in self.model.named_parameters()}
+        names = {p: n for n, p in self.params.items()}
         t = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        t.update({f"aux/{k}": v.detach() for k, v in self.aux_params.items()})
         for i, ema in enumerate(self.emas, 1):
             t.update({f"ema{i}/{k}": v for k, v in ema.state_dict().items()})
         t.update(optimizer_tensors(self.optimizer, names))
@@ -127,7 +133,15 @@ class Trainer:
         load_weights(self.model, section("model"), source=str(self.run_dir))
         for i, ema in enumerate(self.emas, 1):
             ema.load_state_dict(section(f"ema{i}"))
-        load_optimizer_tensors(self.optimizer, self.model, section("optim"))
+        aux = section("aux")
+        if set(aux) != set(self.aux_params):
+            raise CheckpointError(f"{self.run_dir} holds auxiliary-loss weights {sorted(aux) or 'none'} but "
+                                  f"semantic.aux_loss={self.cfg.semantic.aux_loss} needs "
+                                  f"{sorted(self.aux_params) or 'none'}: resume with the run's own config")
+        with torch.no_grad():
+            for k, p in self.aux_params.items():
+                p.copy_(aux[k])
+        load_optimizer_tensors(self.optimizer, self.params, section("optim"))
         self.generator.set_state(tensors["rng/generator"])
         torch.set_rng_state(tensors["rng/torch_cpu"])
         if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
@@ -171,7 +185,7 @@ class Trainer:
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
         # A non-finite loss or gradient skips the update (weights, EMAs and optimizer state stay
         # as they were) instead of poisoning the run; the data and RNG move on as usual.
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float("inf"))
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf"))
         finite = math.isfinite(totals["loss"]) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
