@@ -1,0 +1,241 @@
+"""V-Co's ablation ladder in miniature: Tables 1-4 on Fashion-MNIST (32x32, offline encoder).
+
+    python benchmarks/ladder.py [--budget default] [--only vco-tiny jit-tiny] [--threads 2]
+
+Every variant trains with the same budget (steps, batch, lr, seed, hence the same data order),
+then is evaluated against the Fashion-MNIST test set: a small CFG sweep on a separate seed picks
+w, then FID / precision / recall on ``fid_num`` samples unguided (w = 1) and guided (that w).
+Each stage is cached in ``--out`` (runs resume from their last checkpoint, finished evaluations
+are never recomputed), so the ladder can be stopped and restarted at any time. Results:
+docs/results/ladder.{md,json,png} and docs/results/ladder/<variant>.{json,png}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vco.config import build_config
+from vco.data import build_dataset
+from vco.eval import InceptionFeatures, load_reference, save_reference
+from vco.eval.evaluate import EvalSettings, evaluate, write_json
+from vco.models import count_params
+from vco.train import Trainer, load_run_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Variant:
+    name: str            # the record's name: what it changes
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+    table: str = ""      # which of the paper's tables the row belongs to
+    paper: str = ""      # the paper's number for the analogous row (B/16, ImageNet-256)
+
+
+# The cumulative path of the paper's recipe figure: architecture (Table 1, no auxiliary loss),
+# then the unconditional branch (Table 2), the auxiliary loss (Table 3), the calibration (Table 4).
+VARIANTS = [
+    Variant("jit-tiny", "jit-tiny", [], "1", "32.54 unguided"),
+    Variant("jit-tiny-wide", "jit-tiny-wide", [], "1", "22.67 unguided"),
+    Variant("token_concat", "vco-tiny", ["fusion=token_concat", "aux_loss=none"], "1", "14.70 unguided"),
+    Variant("direct_add", "vco-tiny", ["fusion=direct_add", "aux_loss=none"], "1", "15.15 unguided"),
+    Variant("channel_concat", "vco-tiny", ["fusion=channel_concat", "aux_loss=none"], "1", "14.33 unguided"),
+    Variant("dual_stream-no_aux", "vco-tiny", ["aux_loss=none"], "1, 2", "8.86 unguided; 3.18 guided"),
+    Variant("input_dropout", "vco-tiny", ["aux_loss=none", "uncond=input_dropout_zeros"], "2", "6.69 guided"),
+    Variant("vco-tiny", "vco-tiny", [], "3, 4", "2.52 guided"),
+    Variant("repa", "vco-tiny", ["aux_loss=repa"], "3", "3.14 guided"),
+    Variant("perceptual", "vco-tiny", ["aux_loss=perceptual"], "3", "not retrieved"),
+    Variant("drifting", "vco-tiny", ["aux_loss=drifting"], "3", "not retrieved"),
+    Variant("time_shift", "vco-tiny", ["calibration=time_shift"], "4", "2.93 guided"),
+    Variant("calibration_none", "vco-tiny", ["calibration=none"], "4", "not retrieved"),
+]
+
+# steps/batch/lr of training; samples, sweep and sampler of the evaluation
+BUDGETS = {
+    "smoke": dict(steps=2, batch=16, fid_num=20, sweep_num=10, sweep=(1.5, 3.0), sample_steps=2,
+                  ref_num=100),
+    "default": dict(steps=150, batch=32, fid_num=2000, sweep_num=200, sweep=(1.5, 2.0, 3.0),
+                    sample_steps=10, ref_num=10_000),
+    "long": dict(steps=1000, batch=64, fid_num=5000, sweep_num=500, sweep=(1.5, 2.0, 2.5, 3.0, 4.0),
+                 sample_steps=25, ref_num=10_000),
+}
+LOG_EVERY = 5      # training logs (and the resume arithmetic of training_seconds)
+LR = 5e-4          # the demo's lr; blr is set so that every batch size trains at it
+SEED = 0
+
+
+def variant_config(v: Variant, budget: dict):
+    b = budget["batch"]
+    common = ["data.name=fashion-mnist", f"train.steps={budget['steps']}", f"train.batch_size={b}",
+              f"train.blr={LR * 256 / b}", f"train.seed={SEED}", f"train.log_every={LOG_EVERY}",
+              "train.ckpt_every=25", "train.precision=fp32", "data.classes_per_batch=8",
+              f"sampler.steps={budget['sample_steps']}", "sampler.method=heun",
+              "semantic.stats_images=2048"]
+    return build_config(v.preset, overrides=common + v.overrides)
+
+
+def reference(out: Path, budget: dict, inception) -> Path:
+    """Inception statistics (and features, for precision/recall) of the Fashion-MNIST test set."""
+    path = out / f"fashion-mnist-test-ref{budget['ref_num']}.npz"
+    if not path.is_file():
+        cfg = build_config("jit-tiny", overrides=["data.name=fashion-mnist-test"])
+        data = build_dataset(cfg.data, 32, 10)
+        images = data.images[:budget["ref_num"]].expand(-1, 3, -1, -1)
+        feats = inception.extract(images, batch_size=25)
+        save_reference(path, feats.mean(0), np.cov(feats, rowvar=False), feats)
+    return path
+
+
+def train(v: Variant, cfg, run: Path) -> dict:
+    done = run / "trained.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    trainer = Trainer(cfg, run, resume=(run / "checkpoint.json").is_file())
+    trainer.train(progress=True)
+    record = {"steps": trainer.step, "seconds": round(training_seconds(run / "metrics.jsonl"), 1),
+              "params": count_params(cfg.model)}
+    write_json(done, record)
+    return record
+
+
+def training_seconds(metrics: Path) -> float:
+    """Wall-clock of the training that the final weights went through: a run interrupted and
+    resumed counts each segment only up to the checkpoint the next one resumed from (the steps
+    redone after it are counted once)."""
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    segments, current = [], []
+    for r in rows:
+        if current and r["elapsed_s"] < current[-1]["elapsed_s"]:   # a new train() call began
+            segments.append(current)
+            current = []
+        current.append(r)
+    segments.append(current)
+    total = 0.0
+    for seg, nxt in zip(segments, segments[1:] + [None]):
+        until = nxt[0]["step"] - LOG_EVERY if nxt else seg[-1]["step"]   # its first log is one period in
+        total += max((r["elapsed_s"] for r in seg if r["step"] <= until), default=0.0)
+    return total
+
+
+def evaluate_variant(run: Path, budget: dict, ref, inception) -> dict:
+    out = {}
+    model, cfg, meta = load_run_model(run)
+    null = lambda w, num, seed: EvalSettings(num=num, cfg=w, steps=budget["sample_steps"], method="heun",
+                                            seed=seed, batch_size=100)
+    sweep = []
+    for w in budget["sweep"]:                      # a separate seed: w is not picked on the test draw
+        sweep.append(_cached(run / f"ladder_sweep_w{w:g}.json",
+                             lambda: evaluate(model, cfg, meta, null(w, budget["sweep_num"], 1), ref, "cpu",
+                                              inception)))
+    best = min(sweep, key=lambda r: r["fid"])["settings"]["cfg"]
+    out["sweep"] = sweep
+    out["unguided"] = _cached(run / "ladder_unguided.json",
+                              lambda: evaluate(model, cfg, meta, null(1.0, budget["fid_num"], 0), ref, "cpu",
+                                               inception, run / "eval"))
+    out["guided"] = _cached(run / "ladder_guided.json",
+                            lambda: evaluate(model, cfg, meta, null(best, budget["fid_num"], 0), ref, "cpu",
+                                             inception, run / "eval"))
+    return out
+
+
+def _cached(path: Path, compute) -> dict:
+    if path.is_file():
+        return json.loads(path.read_text())
+    result = compute()
+    write_json(path, result)
+    return result
+
+
+def record_of(v: Variant, trained: dict, ev: dict) -> dict:
+    return {"variant": v.name, "params": trained["params"], "steps": trained["steps"],
+            "seconds": trained["seconds"], "fid_unguided": round(ev["unguided"]["fid"], 3),
+            "fid_guided": round(ev["guided"]["fid"], 3), "cfg": ev["guided"]["settings"]["cfg"],
+            "precision": round(ev["guided"]["precision"], 4), "recall": round(ev["guided"]["recall"], 4)}
+
+
+def write_outputs(records: list[dict], variants: dict, budget_name: str, budget: dict, results: Path) -> None:
+    write_json(results / "ladder.json", records)
+    lines = [f"# Ablation ladder on Fashion-MNIST (budget `{budget_name}`)", "",
+             f"Every variant: {budget['steps']} steps of batch {budget['batch']} (8 classes per batch), "
+             f"lr {LR}, seed {SEED}, fp32 on the CPU; EMA-1 weights; Heun {budget['sample_steps']} steps; "
+             f"FID against {budget['ref_num']} Fashion-MNIST test images on {budget['fid_num']} samples "
+             f"(200 per class at 2,000); w picked by FID on {budget['sweep_num']} samples of another seed "
+             f"among {', '.join(f'{w:g}' for w in budget['sweep'])}. Precision/recall (k = 3) of the guided samples.",
+             "", "| variant | table | params | steps | train s | FID unguided | FID guided | w | precision | recall | paper (B/16, IN-256) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        v = variants[r["variant"]]
+        lines.append(f"| {r['variant']} | {v.table} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['seconds']:.0f} | "
+                     f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {v.paper} |")
+    lines += ["", "Sample grids (guided): `docs/results/ladder/<variant>.png`; every run's JSON: "
+              "`docs/results/ladder/<variant>.json`."]
+    (results / "ladder.md").write_text("\n".join(lines) + "\n")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [r["variant"] for r in records]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(names)), 4), dpi=120)
+    ax.bar(x - 0.2, [r["fid_unguided"] for r in records], 0.4, label="unguided")
+    ax.bar(x + 0.2, [r["fid_guided"] for r in records], 0.4, label="guided (best w)")
+    ax.set_xticks(x, names, rotation=40, ha="right")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(f"V-Co ladder on Fashion-MNIST, {budget['steps']} steps x {budget['batch']}")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(results / "ladder.png")
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--budget", choices=sorted(BUDGETS), default="default")
+    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    ap.add_argument("--out", default=None, help="cache of runs and evaluations (default runs/ladder-<budget>)")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="where the tables and plots go")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    budget = BUDGETS[args.budget]
+    names = {v.name: v for v in VARIANTS}
+    unknown = set(args.only or []) - set(names)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(names)}")
+    chosen = [v for v in VARIANTS if not args.only or v.name in args.only]
+    out = Path(args.out or ROOT / "runs" / f"ladder-{args.budget}")
+    results = Path(args.results)
+    (results / "ladder").mkdir(parents=True, exist_ok=True)
+    inception = InceptionFeatures("cpu")
+    ref = load_reference(reference(out, budget, inception))
+    records = []
+    for v in chosen:
+        run = out / v.name
+        print(f"== {v.name}: {v.preset} {' '.join(v.overrides)}", flush=True)
+        trained = train(v, variant_config(v, budget), run)
+        ev = evaluate_variant(run, budget, ref, inception)
+        rec = record_of(v, trained, ev)
+        write_json(results / "ladder" / f"{v.name}.json", {"record": rec, "config": v.overrides,
+                                                          "preset": v.preset, "budget": args.budget,
+                                                          "train": trained, **ev})
+        grid = run / "eval" / f"samples_cfg{rec['cfg']:g}.png"
+        if grid.is_file():
+            (results / "ladder" / f"{v.name}.png").write_bytes(grid.read_bytes())
+        records.append(rec)
+        print(json.dumps(rec), flush=True)
+    write_outputs(records, names, args.budget, budget, results)
+    print(f"ladder of {len(records)} variants -> {results / 'ladder.md'}")
+
+
+if __name__ == "__main__":
+    main()
