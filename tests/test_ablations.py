@@ -119,15 +119,15 @@ def test_none_is_the_single_stream_jit():
 # ----------------------------------------------------------------------- Table 2: uncond
 def test_asymmetric_and_symmetric_mask_layouts():
     drop = torch.tensor([True, False])
-    asym = build_unconditional("joint_asymmetric_mask", 6).attention_mask(drop, 3, 5)
-    sym = build_unconditional("joint_symmetric_mask", 6).attention_mask(drop, 3, 5)
+    asym = build_unconditional("joint_asymmetric_mask", 6).structural_mask(drop, 3).dense(5)
+    sym = build_unconditional("joint_symmetric_mask", 6).structural_mask(drop, 3).dense(5)
     ref = torch.ones(2, 1, 5, 5, dtype=torch.bool)
     ref[0, 0, :3, 3:] = False                                    # pixel queries -/-> semantic keys
     assert torch.equal(asym, ref)
     ref[0, 0, 3:, :3] = False                                    # and semantic -/-> pixel
     assert torch.equal(sym, ref)
-    assert build_unconditional("joint_asymmetric_mask", 6).attention_mask(~drop & drop, 3, 5) is None
-    assert build_unconditional("input_dropout_zeros", 6).attention_mask(drop, 3, 5) is None
+    assert build_unconditional("joint_asymmetric_mask", 6).structural_mask(~drop & drop, 3) is None
+    assert build_unconditional("input_dropout_zeros", 6).structural_mask(drop, 3) is None
 
 
 FLOW_CASES = [(f, u) for f in ("dual_stream", "token_concat", "direct_add", "channel_concat")
@@ -353,3 +353,63 @@ def test_repa_projector_is_checkpointed_and_resumed(tmp_path):
     resumed = Trainer(cfg, tmp_path / "r", resume=True)
     for k, p in resumed.aux_params.items():
         assert torch.equal(p, trainer.aux_params[k])
+
+
+# ----------------------------------------------------------------------- mask-free attention
+def dense_attention(q, k, v, mask=None, dropout_p=0.0):
+    """The reference: one SDPA call with the dense boolean mask."""
+    dense = None if mask is None else mask.dense(q.shape[2])
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense, dropout_p=dropout_p)
+
+
+@pytest.mark.parametrize("pixel_blind,semantic_blind", [(True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("pattern", ["scattered", "contiguous", "all", "none"])
+def test_mask_free_attention_equals_the_dense_mask(pixel_blind, semantic_blind, pattern):
+    from vco.nn.attention import StructuralMask, joint_attention
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(6, 2, 11, 8, generator=g) for _ in range(3))
+    drop = {"scattered": [True, False, False, True, True, False], "contiguous": [False] * 3 + [True] * 3,
+            "all": [True] * 6, "none": [False] * 6}[pattern]
+    mask = StructuralMask(torch.tensor(drop), 4, pixel_blind, semantic_blind)
+    assert torch.allclose(joint_attention(q, k, v, mask), dense_attention(q, k, v, mask), atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion,uncond", [(f, u) for f in ("dual_stream", "token_concat")
+                                           for u in ("joint_asymmetric_mask", "joint_symmetric_mask",
+                                                     "independent_mask")])
+def test_models_with_mask_free_attention_equal_the_dense_mask_reference(fusion, uncond, monkeypatch):
+    import vco.nn.attention as A
+    import vco.nn.dual_stream as D
+    model = randomised(build_model(tiny(f"fusion={fusion}", f"uncond={uncond}").model))
+    x, t, y, f = batch(4)
+    drop = torch.tensor([True, False, True, False])
+    fast = model(x, t, y, f, drop)
+    monkeypatch.setattr(A, "joint_attention", dense_attention)
+    monkeypatch.setattr(D, "joint_attention", dense_attention)
+    ref = model(x, t, y, f, drop)
+    for a, b in zip(fast, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_training_puts_dropped_samples_last_without_changing_the_loss():
+    """The reorder only changes summation order: the loss equals the one computed in the
+    original order by hand (same draws: drop, t, noise)."""
+    model = randomised(build_model(tiny().model)).train()
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 10
+    f = torch.randn(8, 16, 6)
+    cfg = DiffusionConfig(label_drop_prob=0.5)
+    seen = []
+    model.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs.get("drop")), with_kwargs=True)
+    out = training_loss(model, x, y, cfg, 10, torch.Generator().manual_seed(3), semantic=f)
+    assert seen[0].tolist() == sorted(seen[0].tolist())          # kept first, dropped last
+    g = torch.Generator().manual_seed(3)                          # the same draws, by hand
+    drop = torch.rand(8, generator=g) < 0.5
+    t = torch.sigmoid(torch.randn(8, generator=g) * 0.8 - 0.8)
+    z = t.view(-1, 1, 1, 1) * x + (1 - t.view(-1, 1, 1, 1)) * torch.randn(8, 3, 16, 16, generator=g)
+    z_f = t.view(-1, 1, 1) * f + (1 - t.view(-1, 1, 1)) * torch.randn(8, 16, 6, generator=g)
+    x_pred, f_pred = model(z, t, torch.where(drop, 10, y), z_f, drop)
+    den = lambda a: (1 - t).clamp(min=0.05).view(-1, *[1] * (a.dim() - 1))
+    pix = (((x - x_pred) / den(x)) ** 2).mean()
+    sem = (((f - f_pred) / den(f)) ** 2).mean((1, 2))[~drop].mean()
+    assert out["pix"].item() == pytest.approx(pix.item(), rel=1e-5)
+    assert out["sem"].item() == pytest.approx(sem.item(), rel=1e-5)

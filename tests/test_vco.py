@@ -51,7 +51,8 @@ def test_mask_blocks_semantic_to_pixel_for_dropped_samples_only():
 
 def test_semantic_loss_ignores_dropped_samples():
     record = {}
-    x, f = torch.randn(16, 3, 4, 4), torch.randn(16, 5, 6)
+    # one target for all samples: the loss may reorder the batch (dropped samples last)
+    x, f = torch.randn(16, 3, 4, 4), torch.randn(1, 5, 6).expand(16, 5, 6)
 
     class Stub(torch.nn.Module):
         unconditional = build_unconditional("joint_asymmetric_mask", 6)

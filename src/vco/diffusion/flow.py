@@ -92,6 +92,13 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig,
     t_f = semantic_time(t)
     eps_f = torch.randn(semantic.shape, generator=generator, device=dev, dtype=semantic.dtype)
     z_f = add_noise(semantic, t_f, eps_f, cfg.noise_scale)
+    # Dropped samples last: the mask-free attention then needs two SDPA calls per block, not one
+    # per run of samples. Every loss term is a mean (per class for the auxiliary losses), so the
+    # order changes nothing but the summation order.
+    if bool(drops.semantic.any()):
+        order = torch.argsort(drops.semantic.to(torch.int8), stable=True)
+        x, y, y_in, t, t_f, z, z_f, semantic = (a[order] for a in (x, y, y_in, t, t_f, z, z_f, semantic))
+        drops = type(drops)(drops.label[order], drops.semantic[order])
     tap = getattr(aux, "tap_block", None)              # REPA reads a backbone block's tokens
     with model.tapping(tap) if tap is not None else nullcontext({}) as tapped:
         x_pred, f_pred = model(z, t, y_in, z_f, drop=drops.semantic)

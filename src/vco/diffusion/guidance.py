@@ -4,13 +4,13 @@
 A definition answers three questions:
   draw            which training samples drop their label, and which drop their semantics;
   semantic_input  what the semantic stream of a semantics-dropped sample receives;
-  attention_mask  which attention pathways a semantics-dropped sample loses.
+  structural_mask which attention pathways a semantics-dropped sample loses.
 At sampling the unconditional pass drops both for every sample (null label, ``drop`` all True),
 so the same three answers define the unconditional prediction.
 
-Attention masks are over a sequence whose first ``n_pixel`` tokens are the pixel side (the pixel
-stream and, where they are shared or belong to it, in-context tokens) and whose remaining tokens
-are the semantic side. They are boolean SDPA masks (B, 1, S, S), True = may attend.
+Structural masks are over a sequence whose first ``n_pixel`` tokens are the pixel side (the pixel
+stream with its in-context tokens) and whose remaining tokens are the semantic side; attention
+applies them without a dense mask (vco.nn.attention.joint_attention).
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..config import DiffusionConfig
+from ..nn.attention import StructuralMask
 
 
 @dataclass
@@ -52,17 +53,11 @@ class Unconditional(nn.Module):
             return None
         return (~drop).to(like.dtype).view(-1, 1, 1)
 
-    def attention_mask(self, drop: torch.Tensor | None, n_pixel: int, n_total: int) -> torch.Tensor | None:
+    def structural_mask(self, drop: torch.Tensor | None, n_pixel: int) -> StructuralMask | None:
         # Skip all masking work when no sample is dropped (the common case at 90% of steps).
         if not (self.blocks_pixel or self.blocks_semantic) or drop is None or not bool(drop.any()):
             return None
-        keep = ~drop.view(-1, 1, 1)
-        mask = torch.ones(drop.shape[0], 1, n_total, n_total, dtype=torch.bool, device=drop.device)
-        if self.blocks_pixel:
-            mask[:, 0, :n_pixel, n_pixel:] = keep
-        if self.blocks_semantic:
-            mask[:, 0, n_pixel:, :n_pixel] = keep
-        return mask
+        return StructuralMask(drop, n_pixel, self.blocks_pixel, self.blocks_semantic)
 
 
 class JointAsymmetricMask(Unconditional):

@@ -120,8 +120,7 @@ class SharedTrunk(CoDenoisingTransformer):
     def _trunk_mask(self, drop, n_ctx: int):
         if not self.fusion.separate_tokens:
             return None
-        side = n_ctx + self.grid ** 2
-        return self.unconditional.attention_mask(drop, side, 2 * side)
+        return self.unconditional.structural_mask(drop, n_ctx + self.grid ** 2)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, f: torch.Tensor,
                 drop: torch.Tensor | None = None):

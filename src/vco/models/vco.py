@@ -86,14 +86,14 @@ class VCo(CoDenoisingTransformer):
         c, y_emb, pixel, semantic = self.embed(x, t, y, f, drop)
         xs = [pixel, semantic]                                        # (B, N, H) each
         rope = self.rope.tables()
-        mask = self.unconditional.attention_mask(drop, self.grid ** 2, 2 * self.grid ** 2)
+        mask = self.unconditional.structural_mask(drop, self.grid ** 2)
         for i, block in enumerate(self.blocks):
             if self.uses_in_context and i == cfg.in_context_start:
                 ctx = in_context_tokens(y_emb, self.in_context_posemb)   # (B, L, H), one copy each
                 xs = [torch.cat([ctx, s], dim=1) for s in xs]
                 rope = self.rope.tables(prefix=cfg.in_context_len)
                 n = xs[0].shape[1]                                    # each stream's ctx on its side
-                mask = self.unconditional.attention_mask(drop, n, 2 * n)
+                mask = self.unconditional.structural_mask(drop, n)
             xs = block(xs, c, rope, mask)
         if self.uses_in_context:
             xs = [s[:, cfg.in_context_len:] for s in xs]

@@ -1,5 +1,8 @@
-"""Attention with per-head q/k RMSNorm and 2-D axial RoPE, and the JiT transformer block."""
+"""Attention with per-head q/k RMSNorm and 2-D axial RoPE, the JiT transformer block, and the
+structural CFG mask computed without a dense mask."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -48,6 +51,61 @@ def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torc
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
+@dataclass(frozen=True)
+class StructuralMask:
+    """The attention pathways that CFG-dropped samples lose, over a sequence [pixel side (the
+    first ``n_pixel`` tokens) ; semantic side]: pixel queries cannot read semantic keys
+    (``pixel_blind``) and/or semantic queries cannot read pixel keys (``semantic_blind``).
+    ``drop``: (B,) bool. Never materialised as a (B, 1, S, S) mask except by ``dense()``."""
+    drop: torch.Tensor
+    n_pixel: int
+    pixel_blind: bool = True
+    semantic_blind: bool = False
+
+    def dense(self, n_total: int) -> torch.Tensor:
+        """The equivalent boolean SDPA mask (B, 1, S, S), True = may attend (a reference)."""
+        keep = ~self.drop.view(-1, 1, 1)
+        mask = torch.ones(self.drop.shape[0], 1, n_total, n_total, dtype=torch.bool, device=self.drop.device)
+        if self.pixel_blind:
+            mask[:, 0, :self.n_pixel, self.n_pixel:] = keep
+        if self.semantic_blind:
+            mask[:, 0, self.n_pixel:, :self.n_pixel] = keep
+        return mask
+
+    def runs(self) -> list[tuple[int, int, bool]]:
+        """Maximal runs [start, end) of samples with the same drop flag (two when the dropped
+        samples are contiguous, as the co-denoising models arrange)."""
+        flags = self.drop.tolist()
+        out, start = [], 0
+        for i in range(1, len(flags) + 1):
+            if i == len(flags) or flags[i] != flags[start]:
+                out.append((start, i, flags[start]))
+                start = i
+        return out
+
+
+def joint_attention(q, k, v, mask: StructuralMask | None = None, dropout_p: float = 0.0) -> torch.Tensor:
+    """SDPA over q, k, v (B, heads, S, d) that honours a structural mask without a dense mask,
+    so fused (flash) kernels stay usable: kept samples attend over everything; for a dropped
+    sample the pixel queries attend over the pixel keys only (and, symmetric, the semantic
+    queries over the semantic keys only). One SDPA call per run of equally flagged samples."""
+    sdpa = F.scaled_dot_product_attention
+    if mask is None:
+        return sdpa(q, k, v, dropout_p=dropout_p)
+    p = mask.n_pixel
+    parts = []
+    for a, b, dropped in mask.runs():
+        qs, ks, vs = q[a:b], k[a:b], v[a:b]
+        if not dropped:
+            parts.append(sdpa(qs, ks, vs, dropout_p=dropout_p))
+            continue
+        pk, pv = (ks[:, :, :p], vs[:, :, :p]) if mask.pixel_blind else (ks, vs)
+        sk, sv = (ks[:, :, p:], vs[:, :, p:]) if mask.semantic_blind else (ks, vs)
+        parts.append(torch.cat([sdpa(qs[:, :, :p], pk, pv, dropout_p=dropout_p),
+                                sdpa(qs[:, :, p:], sk, sv, dropout_p=dropout_p)], dim=2))
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 class Attention(nn.Module):
     """Multi-head attention: qkv (bias) -> per-head q/k RMSNorm -> RoPE -> SDPA -> proj."""
 
@@ -76,11 +134,10 @@ class Attention(nn.Module):
         """o: (B, heads, N, head_dim) -> (B, N, H) through the output projection."""
         return self.proj_drop(self.proj(o.transpose(1, 2).flatten(2)))
 
-    def forward(self, x: torch.Tensor, rope, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """mask: optional boolean (B, 1, N, N), True = may attend."""
+    def forward(self, x: torch.Tensor, rope, mask: StructuralMask | None = None) -> torch.Tensor:
         q, k, v = self.qkv_heads(x, rope)
         drop = self.attn_drop if self.training else 0.0
-        return self.output(F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop))
+        return self.output(joint_attention(q, k, v, mask, drop))
 
 
 class BlockLayers(nn.Module):
@@ -100,7 +157,7 @@ class BlockLayers(nn.Module):
 class JiTBlock(BlockLayers):
     """Pre-norm transformer block with adaLN-Zero gating."""
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope, mask: StructuralMask | None = None) -> torch.Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = \
             self.adaLN_modulation(c).chunk(6, dim=-1)
         x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, mask)
