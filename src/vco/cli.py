@@ -89,8 +89,11 @@ def cmd_train(args) -> None:
     elif args.resume:
         print(f"resuming {out} at step {trainer.step} -> {cfg.train.steps}")
     summary = trainer.train(progress=not args.quiet)
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s; checkpoint: "
-          f"{out / 'checkpoint.safetensors'}")
+    if trainer.world.is_main:
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {trainer.world.size} "
+              f"process(es); checkpoint: {out / 'checkpoint.safetensors'}")
+    from .train.distributed import teardown
+    teardown()
 
 
 def cmd_sample(args) -> None:

@@ -95,7 +95,7 @@ class SemanticConfig:
 @dataclass
 class TrainConfig:
     steps: int = 2000
-    batch_size: int = 64              # per rank, per micro-step
+    batch_size: int = 64              # per rank, per micro-step (global: x grad_accum x ranks)
     grad_accum: int = 1
     blr: float = 5e-5                 # lr = blr * global_batch / 256
     warmup_steps: int = 100
@@ -108,7 +108,8 @@ class TrainConfig:
     ckpt_every: int = 500
     time_limit_min: float = 0.0       # stop (and checkpoint) after this many minutes; 0 = none
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
-    device: str = "auto"              # auto | cpu | cuda
+    device: str = "auto"              # auto | cpu | cuda (under torchrun: this rank's GPU)
+    compile: bool = False             # torch.compile the model (GPU training)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import torch
 
 from ..config import DiffusionConfig
+from .randomness import as_stream
 
 
 def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -17,10 +18,10 @@ def expand_like(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def sample_t(n: int, cfg: DiffusionConfig, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> torch.Tensor:
-    """t = sigmoid(N(P_mean, P_std)): (n,), skewed toward noise for P_mean < 0."""
-    return torch.sigmoid(torch.randn(n, generator=generator, device=device) * cfg.P_std + cfg.P_mean)
+def sample_t(n: int, cfg: DiffusionConfig, generator=None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """t = sigmoid(N(P_mean, P_std)): (n,), skewed toward noise for P_mean < 0. ``generator``: a
+    torch.Generator or a stream of vco.diffusion.randomness."""
+    return torch.sigmoid(as_stream(generator, device).randn((n,)) * cfg.P_std + cfg.P_mean)
 
 
 def add_noise(x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, noise_scale: float = 1.0):
@@ -61,7 +62,7 @@ class SameTime:
 
 
 def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig, num_classes: int,
-                  generator: torch.Generator | None = None, semantic: torch.Tensor | None = None,
+                  generator=None, semantic: torch.Tensor | None = None,
                   semantic_weight: float = 0.1, semantic_time=SameTime(), aux=None,
                   aux_weight: float = 0.0) -> dict:
     """The training objective on clean images x (B, C, H, W) in [-1, 1] and labels y (B,).
@@ -76,21 +77,22 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig,
     term (detached).
     """
     b, dev = x.shape[0], x.device
+    rng = as_stream(generator, dev)
+    net = getattr(model, "module", model)              # the model itself under DDP
     if semantic is None:
-        drop = torch.rand(b, generator=generator, device=dev) < cfg.label_drop_prob
+        drop = rng.rand(b) < cfg.label_drop_prob
     else:
-        drops = model.unconditional.draw(b, cfg, generator, dev)
+        drops = net.unconditional.draw(b, cfg, rng, dev)
         drop = drops.label
-    t = sample_t(b, cfg, generator, dev)
-    z = add_noise(x, t, torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype),
-                  cfg.noise_scale)
+    t = sample_t(b, cfg, rng, dev)
+    z = add_noise(x, t, rng.randn(x.shape, x.dtype), cfg.noise_scale)
     y_in = drop_labels(y, drop, num_classes)
     if semantic is None:
         x_pred, _ = model(z, t, y_in)
         pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
         return {"loss": pix, "pix": pix.detach()}
     t_f = semantic_time(t)
-    eps_f = torch.randn(semantic.shape, generator=generator, device=dev, dtype=semantic.dtype)
+    eps_f = rng.randn(semantic.shape, semantic.dtype)
     z_f = add_noise(semantic, t_f, eps_f, cfg.noise_scale)
     # Dropped samples last: the mask-free attention then needs two SDPA calls per block, not one
     # per run of samples. Every loss term is a mean (per class for the auxiliary losses), so the
@@ -100,7 +102,7 @@ def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig,
         x, y, y_in, t, t_f, z, z_f, semantic = (a[order] for a in (x, y, y_in, t, t_f, z, z_f, semantic))
         drops = type(drops)(drops.label[order], drops.semantic[order])
     tap = getattr(aux, "tap_block", None)              # REPA reads a backbone block's tokens
-    with model.tapping(tap) if tap is not None else nullcontext({}) as tapped:
+    with net.tapping(tap) if tap is not None else nullcontext({}) as tapped:
         x_pred, f_pred = model(z, t, y_in, z_f, drop=drops.semantic)
     pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
     sem = masked_mean(v_loss(f_pred, semantic, z_f, t_f, cfg.t_eps), ~drops.semantic)

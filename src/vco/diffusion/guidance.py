@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from ..config import DiffusionConfig
 from ..nn.attention import StructuralMask
+from .randomness import as_stream
 
 
 @dataclass
@@ -36,10 +37,11 @@ class Unconditional(nn.Module):
     blocks_semantic = False   # semantic queries of dropped samples cannot read pixel keys
 
     def draw(self, b: int, cfg: DiffusionConfig, generator=None, device="cpu") -> Drops:
-        label = torch.rand(b, generator=generator, device=device) < cfg.label_drop_prob
+        rng = as_stream(generator, device)
+        label = rng.rand(b) < cfg.label_drop_prob
         if self.joint:
             return Drops(label, label)
-        semantic = torch.rand(b, generator=generator, device=device) < cfg.semantic_drop_prob
+        semantic = rng.rand(b) < cfg.semantic_drop_prob
         return Drops(label, semantic)
 
     def semantic_input(self, f: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:

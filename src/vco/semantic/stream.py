@@ -33,7 +33,7 @@ def dataset_stats(encoder, dataset, num: int, scale: float | None, device):
 
 
 class SemanticStream:
-    def __init__(self, cfg: Config, dataset, device: torch.device, run_dir: Path):
+    def __init__(self, cfg: Config, dataset, device: torch.device, run_dir: Path, world=None):
         sc, mc = cfg.semantic, cfg.model
         self.encoder = encoder_from_config(cfg).to(device)
         if self.encoder.feature_dim != mc.semantic_dim:
@@ -43,7 +43,7 @@ class SemanticStream:
         # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
         # pass for the targets; the hybrid loss still runs the encoder on x_pred.
         self.cache = FeatureCache(sc.cache, dataset, self.encoder) if sc.cache else None
-        stats = self._stats(cfg, dataset, device, Path(run_dir))
+        stats = self._stats(cfg, dataset, device, Path(run_dir), world)
         stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
         # Table 4: the measured RMS ratio either scales the features or shifts their noise level.
         # The run's config records the ratio so that sampling can rebuild the same calibration.
@@ -56,7 +56,7 @@ class SemanticStream:
         self.weight = sc.loss_weight
         self.aux_weight = sc.aux_weight if sc.aux_weight is not None else getattr(self.aux, "default_weight", 0.0)
 
-    def _stats(self, cfg: Config, dataset, device, run_dir: Path):
+    def _stats(self, cfg: Config, dataset, device, run_dir: Path, world=None):
         sc = cfg.semantic
         if sc.stats:
             return load_stats(sc.stats, scale=sc.scale)
@@ -64,12 +64,14 @@ class SemanticStream:
             stats = self.cache.stats
             return stats.with_scale(sc.scale) if sc.scale is not None else stats
         own = run_dir / STATS_NAME
-        if own.is_file():                                  # a resumed run keeps its statistics
-            return load_stats(own, scale=sc.scale)
-        stats = dataset_stats(self.encoder, dataset, sc.stats_images, sc.scale, device)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_stats(stats, own)
-        return stats
+        # A resumed run keeps its statistics; a new one computes them on rank 0, the others wait.
+        if not own.is_file() and (world is None or world.is_main):
+            stats = dataset_stats(self.encoder, dataset, sc.stats_images, sc.scale, device)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_stats(stats, own)
+        if world is not None:
+            world.barrier()
+        return load_stats(own, scale=sc.scale)
 
     @torch.no_grad()
     def targets(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor) -> torch.Tensor:

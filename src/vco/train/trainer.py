@@ -1,11 +1,20 @@
 """The training loop: AdamW, warmup-then-constant lr, two EMAs, bf16 autocast, gradient
-accumulation, periodic atomic checkpoints, exact resume, JSONL + TensorBoard metrics."""
+accumulation, DDP under torchrun, torch.compile, periodic atomic checkpoints, exact resume,
+JSONL + TensorBoard metrics.
+
+Randomness is a pure function of (seed, step, sample position, rank): every sample's flip, CFG
+drops, t and noise come from its own stream (vco.diffusion.randomness), and the global RNG (used
+by dropout) is reseeded each step per rank. So a resumed run equals an uninterrupted one without
+stored RNG state, and N ranks equal one process accumulating N micro-batches.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -15,7 +24,9 @@ from tqdm.auto import tqdm
 from ..config import Config, from_dict, save_config, to_dict
 from ..data import BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSampler, build_dataset
 from ..diffusion import training_loss
+from ..diffusion.randomness import SampleStreams, sample_seed
 from ..models import build_model
+from . import distributed
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
                          optimizer_tensors, read_meta, remove_stale_temporaries, save_checkpoint)
 from .ema import EMA
@@ -70,7 +81,7 @@ class Trainer:
     def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         tc = cfg.train
-        self.device = resolve_device(tc.device)
+        self.world, self.device = distributed.setup(resolve_device(tc.device))
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
@@ -81,17 +92,19 @@ class Trainer:
                             f"model.num_classes is {cfg.model.num_classes}: pass "
                             f"--set num_classes={len(self.dataset.class_names)}")
         self.model = build_model(cfg.model, self.device)
-        self.global_batch = tc.batch_size * tc.grad_accum
+        # The global batch is split into micro-batches of batch_size: grad_accum per rank.
+        self.chunks = tc.grad_accum * self.world.size
+        self.global_batch = tc.batch_size * self.chunks
         self.base_lr = tc.blr * self.global_batch / 256
         if cfg.data.classes_per_batch > 0:
-            self.schedule = ClassBalancedSchedule(self.dataset.labels, self.global_batch, tc.grad_accum,
+            self.schedule = ClassBalancedSchedule(self.dataset.labels, self.global_batch, self.chunks,
                                                   cfg.data.classes_per_batch, tc.seed)
         else:
             self.schedule = BatchSchedule(len(self.dataset), self.global_batch, tc.seed)
         self.semantic = None
         if len(self.model.stream_shapes(1)) > 1:     # a co-denoising model: semantic targets
             from ..semantic.stream import SemanticStream
-            self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir)
+            self.semantic = SemanticStream(cfg, self.dataset, self.device, self.run_dir, self.world)
         # What the optimizer trains: the model, plus an auxiliary loss's own head (REPA's projector).
         aux = self.semantic.aux if self.semantic is not None else None
         self.aux_params = {n: p for n, p in aux.named_parameters() if p.requires_grad} if aux is not None else {}
@@ -100,7 +113,15 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.params, tc.weight_decay), lr=self.base_lr,
                                            betas=tuple(tc.betas))
         self.emas = [EMA(self.model, d) for d in tc.ema_decays]
-        self.generator = torch.Generator(self.device).manual_seed(tc.seed)
+        if tc.compile:
+            self.model.compile()                   # in place: parameter names stay unchanged
+        self.net = self.model
+        if self.world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            # a learned null token is unused in steps where no sample drops its semantics
+            unused = any(n.startswith("unconditional.") for n in dict(self.model.named_parameters()))
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda"
+                                               else None, find_unused_parameters=unused)
         self.step = 0
         self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
         if resume:
@@ -114,13 +135,11 @@ class Trainer:
         for i, ema in enumerate(self.emas, 1):
             t.update({f"ema{i}/{k}": v for k, v in ema.state_dict().items()})
         t.update(optimizer_tensors(self.optimizer, names))
-        t["rng/generator"] = self.generator.get_state()
-        t["rng/torch_cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
-            t["rng/torch_cuda"] = torch.cuda.get_rng_state(self.device)
         return t
 
     def save(self) -> None:
+        if not self.world.is_main:
+            return
         meta = {"step": self.step, "skipped_steps": self.skipped, "config": to_dict(self.cfg),
                 "class_names": list(self.dataset.class_names),
                 "ema_decays": list(self.cfg.train.ema_decays)}
@@ -142,25 +161,29 @@ class Trainer:
             for k, p in self.aux_params.items():
                 p.copy_(aux[k])
         load_optimizer_tensors(self.optimizer, self.params, section("optim"))
-        self.generator.set_state(tensors["rng/generator"])
-        torch.set_rng_state(tensors["rng/torch_cpu"])
-        if self.device.type == "cuda" and "rng/torch_cuda" in tensors:
-            torch.cuda.set_rng_state(tensors["rng/torch_cuda"], self.device)
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
 
     # ------------------------------------------------------------------ training
     def loader(self, start: int, end: int) -> DataLoader:
         tc = self.cfg.train
-        sampler = StepBatchSampler(self.schedule, start, end, tc.grad_accum)
+        sampler = StepBatchSampler(self.schedule, start, end, tc.grad_accum, self.world.rank, self.world.size)
         # Its own generator: a DataLoader otherwise draws a seed from the global RNG, which
         # would make a resumed run diverge from an uninterrupted one.
         return DataLoader(self.dataset, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
     def indices(self, micro: int) -> list[int]:
-        """Dataset indices of micro-batch ``micro`` of the current step (the loader's order)."""
-        return self.schedule.micro_batch(self.step, micro, self.cfg.train.grad_accum, 0, 1)
+        """Dataset indices of this rank's micro-batch ``micro`` of the current step (the loader's order)."""
+        return self.schedule.micro_batch(self.step, micro, self.cfg.train.grad_accum, self.world.rank,
+                                         self.world.size)
+
+    def streams(self, micro: int) -> SampleStreams:
+        """The random streams of this rank's micro-batch: keyed by position in the global batch."""
+        tc = self.cfg.train
+        chunk = micro * self.world.size + self.world.rank     # the schedule's layout
+        positions = range(chunk * tc.batch_size, (chunk + 1) * tc.batch_size)
+        return SampleStreams(tc.seed, self.step, list(positions), self.device)
 
     def train_step(self, micro_batches) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns averaged loss terms."""
@@ -168,21 +191,32 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, self.base_lr, tc.warmup_steps)
         self.model.train()
+        torch.manual_seed(sample_seed(tc.seed, self.step, -1 - self.world.rank))   # dropout masks
         totals: dict[str, float] = {}
         for micro, (images, labels) in enumerate(micro_batches):
             x = to_model_input(images, self.device)
             y = labels.to(self.device)
+            rng = self.streams(micro)
             flip = torch.zeros(x.shape[0], dtype=torch.bool, device=self.device)
             if self.cfg.data.hflip:
-                flip = torch.rand(x.shape[0], generator=self.generator, device=self.device) < 0.5
+                flip = rng.rand(x.shape[0]) < 0.5
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            # DDP all-reduces the gradients on the last micro-batch only
+            last = micro == tc.grad_accum - 1
+            sync = nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 co = {} if self.semantic is None else self.semantic.loss_inputs(x, self.indices(micro), flip)
-                terms = training_loss(self.model, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
-                                      self.generator, **co)
-            (terms["loss"] / tc.grad_accum).backward()
+                terms = training_loss(self.net, x, y, self.cfg.diffusion, self.cfg.model.num_classes,
+                                      rng, **co)
+                (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
+        if self.world.size > 1:
+            for p in self.aux_params.values():          # outside DDP: average by hand
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.world.size
+            totals = dict(zip(totals, self.world.mean(list(totals.values()), self.device)))
         # A non-finite loss or gradient skips the update (weights, EMAs and optimizer state stay
         # as they were) instead of poisoning the run; the data and RNG move on as usual.
         grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf"))
@@ -203,21 +237,23 @@ class Trainer:
 
     def train(self, progress: bool = True) -> dict:
         tc = self.cfg.train
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise CheckpointError(f"cannot create the run folder {self.run_dir}: {e.strerror}; "
-                                  f"choose another --out") from None
-        remove_stale_temporaries(self.run_dir)
-        save_config(self.cfg, self.run_dir / "config.yaml")
-        writer = _tensorboard(self.run_dir / "tb")
+        main = self.world.is_main                  # rank 0 alone writes files and logs
+        if main:
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(f"cannot create the run folder {self.run_dir}: {e.strerror}; "
+                                      f"choose another --out") from None
+            remove_stale_temporaries(self.run_dir)
+            save_config(self.cfg, self.run_dir / "config.yaml")
+        writer = _tensorboard(self.run_dir / "tb") if main else None
         start, t0, window = self.step, time.time(), time.time()
         losses: list[float] = []
         it = iter(self.loader(self.step, tc.steps))
-        bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not progress,
+        bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not (progress and main),
                    dynamic_ncols=True)
         stopped_early = False
-        with open(self.run_dir / "metrics.jsonl", "a") as metrics_file:
+        with open(self.run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics_file:
             while self.step < tc.steps:
                 terms = self.train_step([next(it) for _ in range(tc.grad_accum)])
                 losses.append(terms["loss"])
@@ -245,8 +281,9 @@ class Trainer:
                         f"{self.run_dir} is intact: lower the lr or check the data, then --resume")
                 if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
                     self.save()                    # never checkpoint in the middle of a bad streak
-                if tc.time_limit_min > 0 and time.time() - t0 > tc.time_limit_min * 60:
-                    stopped_early = self.step < tc.steps
+                if tc.time_limit_min > 0 and self.world.mean(
+                        [float(time.time() - t0 > tc.time_limit_min * 60)], self.device)[0] > 0:
+                    stopped_early = self.step < tc.steps   # every rank stops at the same step
                     break
         bar.close()
         self.save()
