@@ -110,6 +110,7 @@ class TrainConfig:
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
     device: str = "auto"              # auto | cpu | cuda (under torchrun: this rank's GPU)
     compile: bool = False             # torch.compile the model (GPU training)
+    parallel: str = "ddp"             # under torchrun: ddp (replicas) | fsdp (FSDP2 sharding, for L/H)
 
 
 @dataclass

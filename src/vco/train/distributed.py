@@ -57,3 +57,28 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- FSDP2
+def shard(model: torch.nn.Module) -> None:
+    """FSDP2: shard every transformer block, then the rest of the model, over all ranks
+    (parameters become DTensors sharded on dim 0; gathered per block in forward/backward)."""
+    from torch.distributed.fsdp import fully_shard
+    for name in ("blocks", "pixel_blocks", "semantic_blocks"):
+        for block in getattr(model, name, []):
+            fully_shard(block)
+    fully_shard(model)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of the whole value (all-gathers a sharded DTensor: call on every rank)."""
+    from torch.distributed.tensor import DTensor
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def shaped_like(full: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``full`` laid out like ``ref``: this rank's shard when ``ref`` is a DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    if isinstance(ref, DTensor):
+        return distribute_tensor(full.to(ref.device, ref.dtype), ref.device_mesh, ref.placements)
+    return full.to(ref.device)

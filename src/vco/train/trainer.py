@@ -92,6 +92,11 @@ class Trainer:
                             f"model.num_classes is {cfg.model.num_classes}: pass "
                             f"--set num_classes={len(self.dataset.class_names)}")
         self.model = build_model(cfg.model, self.device)
+        if tc.parallel not in ("ddp", "fsdp"):
+            raise ValueError(f"train.parallel must be ddp or fsdp, got '{tc.parallel}'")
+        self.sharded = tc.parallel == "fsdp" and self.world.size > 1
+        if self.sharded:
+            distributed.shard(self.model)          # before the optimizer and EMAs see the parameters
         # The global batch is split into micro-batches of batch_size: grad_accum per rank.
         self.chunks = tc.grad_accum * self.world.size
         self.global_batch = tc.batch_size * self.chunks
@@ -116,7 +121,7 @@ class Trainer:
         if tc.compile:
             self.model.compile()                   # in place: parameter names stay unchanged
         self.net = self.model
-        if self.world.size > 1:
+        if self.world.size > 1 and not self.sharded:
             from torch.nn.parallel import DistributedDataParallel
             # a learned null token is unused in steps where no sample drops its semantics
             unused = any(n.startswith("unconditional.") for n in dict(self.model.named_parameters()))
@@ -135,23 +140,28 @@ class Trainer:
         for i, ema in enumerate(self.emas, 1):
             t.update({f"ema{i}/{k}": v for k, v in ema.state_dict().items()})
         t.update(optimizer_tensors(self.optimizer, names))
-        return t
+        # FSDP: every rank takes part in gathering the shards
+        return {k: distributed.full_tensor(v) for k, v in t.items()}
 
     def save(self) -> None:
+        tensors = self.state_tensors() if self.sharded or self.world.is_main else None
         if not self.world.is_main:
             return
         meta = {"step": self.step, "skipped_steps": self.skipped, "config": to_dict(self.cfg),
                 "class_names": list(self.dataset.class_names),
                 "ema_decays": list(self.cfg.train.ema_decays)}
-        save_checkpoint(self.run_dir, self.state_tensors(), meta)
+        save_checkpoint(self.run_dir, tensors, meta)
 
     def load(self) -> None:
         meta = read_meta(self.run_dir)
         tensors = load_tensors(self.run_dir)
         section = lambda p: {k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + "/")}
-        load_weights(self.model, section("model"), source=str(self.run_dir))
+        own = self.model.state_dict()
+        # FSDP: every full tensor is cut to this rank's shard of the tensor it replaces
+        like = lambda d, refs: {k: distributed.shaped_like(v, refs[k]) if k in refs else v for k, v in d.items()}
+        load_weights(self.model, like(section("model"), own), source=str(self.run_dir))
         for i, ema in enumerate(self.emas, 1):
-            ema.load_state_dict(section(f"ema{i}"))
+            ema.load_state_dict(like(section(f"ema{i}"), ema.shadow))
         aux = section("aux")
         if set(aux) != set(self.aux_params):
             raise CheckpointError(f"{self.run_dir} holds auxiliary-loss weights {sorted(aux) or 'none'} but "
@@ -160,7 +170,10 @@ class Trainer:
         with torch.no_grad():
             for k, p in self.aux_params.items():
                 p.copy_(aux[k])
-        load_optimizer_tensors(self.optimizer, self.params, section("optim"))
+        optim = {k: v if k.endswith("/step") or k.rsplit("/", 1)[0] not in self.params
+                 else distributed.shaped_like(v, self.params[k.rsplit("/", 1)[0]])
+                 for k, v in section("optim").items()}
+        load_optimizer_tensors(self.optimizer, self.params, optim)
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
 
@@ -203,6 +216,8 @@ class Trainer:
                 x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             # DDP all-reduces the gradients on the last micro-batch only
             last = micro == tc.grad_accum - 1
+            if self.sharded:
+                self.model.set_requires_gradient_sync(last)
             sync = nullcontext() if last or self.net is self.model else self.net.no_sync()
             with sync, torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                 co = {} if self.semantic is None else self.semantic.loss_inputs(x, self.indices(micro), flip)
@@ -219,7 +234,8 @@ class Trainer:
             totals = dict(zip(totals, self.world.mean(list(totals.values()), self.device)))
         # A non-finite loss or gradient skips the update (weights, EMAs and optimizer state stay
         # as they were) instead of poisoning the run; the data and RNG move on as usual.
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf"))
+        grad_norm = distributed.full_tensor(
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf")))
         finite = math.isfinite(totals["loss"]) and bool(torch.isfinite(grad_norm))
         if finite:
             self.optimizer.step()
