@@ -180,3 +180,23 @@ def test_training_reads_targets_from_the_feature_cache(tmp_path):
     fresh = s.stats.normalize(s.encoder.patch_features(x))
     assert torch.allclose(from_cache, fresh, atol=2e-2, rtol=2e-3)     # fp16 storage
     assert math.isfinite(trainer.train(progress=False)["last_loss"])
+
+
+def test_automatic_feature_cache_is_built_once_and_reused(tmp_path, monkeypatch):
+    from vco.train import Trainer
+    monkeypatch.setenv("VCO_CACHE", str(tmp_path / "cache"))
+    base = {"data.name": "synthetic", "synthetic_size": 16, "batch_size": 8, "classes_per_batch": 2,
+            "train.steps": 1, "precision": "fp32", "semantic_dim": 96, "semantic.cache": "auto"}
+    first = Trainer(tiny_vco(**base), tmp_path / "a")
+    built = list((tmp_path / "cache").glob("*/features.npy"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    second = Trainer(tiny_vco(**base), tmp_path / "b")                 # another run: reused
+    assert built[0].stat().st_mtime_ns == stamp
+    assert second.semantic.cache.path == first.semantic.cache.path
+    images, _ = next(iter(second.loader(0, 1)))
+    x = images.float() / 127.5 - 1
+    flip = torch.zeros(8, dtype=torch.bool)
+    s = second.semantic
+    assert torch.allclose(s.targets(x, second.indices(0), flip), s.stats.normalize(s.encoder.patch_features(x)),
+                          atol=2e-2, rtol=2e-3)

@@ -78,10 +78,10 @@ class DataConfig:
 @dataclass
 class SemanticConfig:
     """The semantic stream of V-Co: frozen encoder, calibration, loss weights."""
-    encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2
+    encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2 | dinov2_random (benchmarks)
     encoder_path: Optional[str] = None  # dinov2: local folder or hub id
     stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
-    cache: Optional[str] = None       # a `vco cache` folder: targets read from disk, not the encoder
+    cache: Optional[str] = None       # a `vco cache` folder, or auto (built once per encoder+data)
     stats_images: int = 2048          # images used when the statistics are computed at start
     scale: Optional[float] = None     # RMS ratio s = RMS(pixels) / RMS(features); None: measured
     calibration: str = "rms"          # Table 4: rms (features x s) | none | time_shift (t' from s)

@@ -36,9 +36,15 @@ def _build_dinov2(grid: int, path: str = DEFAULT_DINOV2) -> SemanticEncoder:
     return DINOv2Encoder.from_pretrained(path, grid)  # path: local folder or hub id
 
 
+def _build_dinov2_random(grid: int) -> SemanticEncoder:
+    # DINOv2-B's architecture with random weights: compute and memory benchmarks without the weights
+    return DINOv2Encoder.from_config(dinov2_base_config(), grid)
+
+
 ENCODERS: dict[str, Callable[..., SemanticEncoder]] = {
     "mobilenet_v2": _build_mobilenet,
     "dinov2": _build_dinov2,
+    "dinov2_random": _build_dinov2_random,
 }
 
 

@@ -2,6 +2,7 @@
 auxiliary loss (Table 3) in the same encoder's feature space."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -9,7 +10,8 @@ import torch
 from ..config import Config, ConfigError
 from ..diffusion.flow import SameTime
 from ..losses import build_aux_loss
-from . import FeatureCache, build_calibration, build_encoder, compute_stats, load_stats, save_stats
+from . import (FeatureCache, build_calibration, build_encoder, build_feature_cache, compute_stats,
+               dataset_fingerprint, load_stats, save_stats)
 
 STATS_NAME = "semantic_stats.safetensors"
 
@@ -42,7 +44,7 @@ class SemanticStream:
                               f"--set semantic_dim={self.encoder.feature_dim}")
         # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
         # pass for the targets; the hybrid loss still runs the encoder on x_pred.
-        self.cache = FeatureCache(sc.cache, dataset, self.encoder) if sc.cache else None
+        self.cache = self._cache(sc.cache, dataset, device, world) if sc.cache else None
         stats = self._stats(cfg, dataset, device, Path(run_dir), world)
         stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
         # Table 4: the measured RMS ratio either scales the features or shifts their noise level.
@@ -55,6 +57,19 @@ class SemanticStream:
             self.aux.to(device)
         self.weight = sc.loss_weight
         self.aux_weight = sc.aux_weight if sc.aux_weight is not None else getattr(self.aux, "default_weight", 0.0)
+
+    def _cache(self, where: str, dataset, device, world=None) -> FeatureCache:
+        """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset) under
+        $VCO_CACHE (default ~/.cache/vco/features), built on first use and shared by later runs."""
+        if where != "auto":
+            return FeatureCache(where, dataset, self.encoder)
+        root = Path(os.environ.get("VCO_CACHE", Path.home() / ".cache" / "vco" / "features"))
+        path = root / f"{self.encoder.name.replace('/', '_')}-{self.encoder.fingerprint()}-{dataset_fingerprint(dataset)}"
+        if not (path / "meta.json").is_file() and (world is None or world.is_main):
+            build_feature_cache(self.encoder, None, dataset, path, device=device)
+        if world is not None:
+            world.barrier()
+        return FeatureCache(path, dataset, self.encoder)
 
     def _stats(self, cfg: Config, dataset, device, run_dir: Path, world=None):
         sc = cfg.semantic
