@@ -84,3 +84,17 @@ def test_sampling_weights_and_shape_mismatch(tmp_path):
     other = small_cfg(["train.steps=2", "hidden_size=32"])
     with pytest.raises(CheckpointError, match="shape mismatch"):
         Trainer(other, tmp_path / "r", resume=True)
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="torch.compile on CPU needs a C compiler")
+def test_compiled_training_matches_eager(tmp_path):
+    """train.compile=true: same losses and weights as eager, and state-dict names unchanged."""
+    out = {}
+    for compiled in (False, True):
+        cfg = small_cfg(["train.steps=2", "log_every=1", f"train.compile={compiled}"])
+        trainer = Trainer(cfg, tmp_path / str(compiled))
+        out[compiled] = (trainer.train(progress=False)["last_loss"], trainer.model.state_dict())
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-4)
+    assert out[True][1].keys() == out[False][1].keys()
+    for k, v in out[False][1].items():
+        assert torch.allclose(out[True][1][k], v, atol=1e-5), k
