@@ -8,6 +8,7 @@ source run are copied along, so a V-Co fine-tune does not recompute them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -65,7 +66,9 @@ def prepare_init_from(source: str | Path, out: str | Path, cfg: Config) -> tuple
     if cfg.model.fusion != "none" and not cfg.semantic.stats and not cfg.semantic.cache:
         from ..semantic.stream import STATS_NAME
         src, dst = Path(source) / STATS_NAME, Path(out) / STATS_NAME
-        if src.is_file() and not dst.exists() and src.resolve() != dst.resolve():
+        # under torchrun only rank 0 writes; the others read it after the trainer's barrier
+        main = os.environ.get("RANK", "0") == "0"
+        if main and src.is_file() and not dst.exists() and src.resolve() != dst.resolve():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
     return state, which
