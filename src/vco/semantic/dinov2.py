@@ -153,14 +153,16 @@ class DINOv2Encoder(SemanticEncoder):
         normed = F.layer_norm(hidden, (self.feature_dim,), eps=self.ln_eps)  # affine removed (RAE)
         return normed[:, self.num_prefix_tokens:]  # (B, grid^2, hidden), row-major
 
-    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+    def _loss_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The auxiliary losses' view: bilinear resize, ImageNet normalisation, transformer;
+        all tokens before the final LayerNorm, (B, 1 + R + grid^2, hidden)."""
         check_images(images)
-        pixels = imagenet_normalize(resize(images, self.input_size, "bilinear") * 0.5 + 0.5)
-        hidden = self._prenorm_tokens(pixels)
+        return self._prenorm_tokens(imagenet_normalize(resize(images, self.input_size, "bilinear") * 0.5 + 0.5))
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        hidden = self._loss_tokens(images)
         return self.model.layernorm(hidden[:, 0]).float()  # (B, hidden): CLS with the affine LayerNorm
 
     def perceptual_features(self, images: torch.Tensor) -> torch.Tensor:
-        check_images(images)  # the pooled_features pipeline, keeping the patch tokens instead of CLS
-        pixels = imagenet_normalize(resize(images, self.input_size, "bilinear") * 0.5 + 0.5)
-        hidden = self._prenorm_tokens(pixels)[:, self.num_prefix_tokens:]  # drop CLS + registers
+        hidden = self._loss_tokens(images)[:, self.num_prefix_tokens:]  # drop CLS + registers
         return self.model.layernorm(hidden).float()  # (B, grid^2, hidden): affine LayerNorm, row-major
