@@ -177,6 +177,10 @@ def write_outputs(records: list[dict], variants: dict, budget_name: str, budget:
         lines.append(f"| {r['variant']} | {v.table} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['seconds']:.0f} | "
                      f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {v.paper} |")
+    pending = [name for name in variants if name not in {r["variant"] for r in records}]
+    if pending:
+        lines += ["", f"Not yet run at this budget ({len(records)} of {len(variants)} done): "
+                  + ", ".join(pending) + ". `python benchmarks/ladder.py` resumes where it stopped."]
     lines += ["", "Sample grids (guided): `docs/results/ladder/<variant>.png`; every run's JSON: "
               "`docs/results/ladder/<variant>.json`."]
     (results / "ladder.md").write_text("\n".join(lines) + "\n")
@@ -215,13 +219,12 @@ def main(argv=None) -> None:
     unknown = set(args.only or []) - set(names)
     if unknown:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(names)}")
-    chosen = [v for v in VARIANTS if not args.only or v.name in args.only]
+    chosen = [names[n] for n in args.only] if args.only else VARIANTS   # in the order given
     out = Path(args.out or ROOT / "runs" / f"ladder-{args.budget}")
     results = Path(args.results)
     (results / "ladder").mkdir(parents=True, exist_ok=True)
     inception = InceptionFeatures("cpu")
     ref = load_reference(reference(out, budget, inception))
-    records = []
     for v in chosen:
         run = out / v.name
         print(f"== {v.name}: {v.preset} {' '.join(v.overrides)}", flush=True)
@@ -234,10 +237,20 @@ def main(argv=None) -> None:
         grid = run / "eval" / f"samples_cfg{rec['cfg']:g}.png"
         if grid.is_file():
             (results / "ladder" / f"{v.name}.png").write_bytes(grid.read_bytes())
-        records.append(rec)
         print(json.dumps(rec), flush=True)
-    write_outputs(records, names, args.budget, budget, results)
-    print(f"ladder of {len(records)} variants -> {results / 'ladder.md'}")
+        records = finished_records(results / "ladder", args.budget)   # every finished variant, not just this call's
+        write_outputs(records, names, args.budget, budget, results)
+        print(f"ladder of {len(records)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
+
+
+def finished_records(folder: Path, budget_name: str) -> list[dict]:
+    """The records of every variant evaluated at this budget, in the ladder's order."""
+    records = []
+    for v in VARIANTS:
+        path = folder / f"{v.name}.json"
+        if path.is_file() and (run := json.loads(path.read_text()))["budget"] == budget_name:
+            records.append(run["record"])
+    return records
 
 
 if __name__ == "__main__":

@@ -210,7 +210,9 @@ class InceptionFeatures:
     @torch.inference_mode()
     def features(self, images) -> torch.Tensor:
         """Pool3 features: uint8 ``(B, 1|3, H, W)`` -> float32 ``(B, 2048)`` on ``self.device``."""
-        return self.net(preprocess(images, self.device))
+        # channels_last lets oneDNN skip a layout reorder around every conv and pool: +22% img/s on
+        # 2 CPU cores, features equal to 6e-6
+        return self.net(preprocess(images, self.device).contiguous(memory_format=torch.channels_last))
 
     def logits(self, images) -> torch.Tensor:
         """Classifier logits for the Inception Score: not available in this graph (always raises)."""
