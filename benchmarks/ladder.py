@@ -7,7 +7,9 @@ then is evaluated against the Fashion-MNIST test set: a small CFG sweep on a sep
 w, then FID / precision / recall on ``fid_num`` samples unguided (w = 1) and guided (that w).
 Each stage is cached in ``--out`` (runs resume from their last checkpoint, finished evaluations
 are never recomputed), so the ladder can be stopped and restarted at any time. Results:
-docs/results/ladder.{md,json,png} and docs/results/ladder/<variant>.{json,png}.
+docs/results/ladder.{md,json,png} and docs/results/ladder/<variant>.{json,png}. A variant whose
+record is in docs/results/ladder/ at this budget is finished and skipped (delete the record to
+rerun it); with every variant finished, the command just rewrites the tables and the chart.
 """
 from __future__ import annotations
 
@@ -223,9 +225,15 @@ def main(argv=None) -> None:
     out = Path(args.out or ROOT / "runs" / f"ladder-{args.budget}")
     results = Path(args.results)
     (results / "ladder").mkdir(parents=True, exist_ok=True)
-    inception = InceptionFeatures("cpu")
-    ref = load_reference(reference(out, budget, inception))
-    for v in chosen:
+    # a variant whose record is in the results folder is finished, even if its runs/ cache is gone
+    done = {r["variant"] for r in finished_records(results / "ladder", args.budget)}
+    todo = [v for v in chosen if v.name not in done]
+    print(f"finished at budget {args.budget}: {', '.join(sorted(done)) or 'none'}; to run: "
+          f"{', '.join(v.name for v in todo) or 'none'}", flush=True)
+    if todo:
+        inception = InceptionFeatures("cpu")
+        ref = load_reference(reference(out, budget, inception))
+    for v in todo:
         run = out / v.name
         print(f"== {v.name}: {v.preset} {' '.join(v.overrides)}", flush=True)
         trained = train(v, variant_config(v, budget), run)
@@ -238,9 +246,15 @@ def main(argv=None) -> None:
         if grid.is_file():
             (results / "ladder" / f"{v.name}.png").write_bytes(grid.read_bytes())
         print(json.dumps(rec), flush=True)
-        records = finished_records(results / "ladder", args.budget)   # every finished variant, not just this call's
-        write_outputs(records, names, args.budget, budget, results)
-        print(f"ladder of {len(records)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
+        report(results, args.budget, budget)
+    if not todo:
+        report(results, args.budget, budget)
+
+
+def report(results: Path, budget_name: str, budget: dict) -> None:
+    records = finished_records(results / "ladder", budget_name)   # every finished variant, not just this call's
+    write_outputs(records, {v.name: v for v in VARIANTS}, budget_name, budget, results)
+    print(f"ladder of {len(records)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
 
 
 def finished_records(folder: Path, budget_name: str) -> list[dict]:
