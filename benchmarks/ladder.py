@@ -164,7 +164,9 @@ def record_of(v: Variant, trained: dict, ev: dict) -> dict:
             "precision": round(ev["guided"]["precision"], 4), "recall": round(ev["guided"]["recall"], 4)}
 
 
-def write_outputs(records: list[dict], variants: dict, budget_name: str, budget: dict, results: Path) -> None:
+def write_outputs(runs: list[dict], variants: dict, budget_name: str, budget: dict, results: Path) -> None:
+    """``runs``: the per-variant JSONs (``record`` + the evaluations) of the finished variants."""
+    records = [run["record"] for run in runs]
     write_json(results / "ladder.json", records)
     lines = [f"# Ablation ladder on Fashion-MNIST (budget `{budget_name}`)", "",
              f"Every variant: {budget['steps']} steps of batch {budget['batch']} (8 classes per batch), "
@@ -172,12 +174,14 @@ def write_outputs(records: list[dict], variants: dict, budget_name: str, budget:
              f"FID against {budget['ref_num']} Fashion-MNIST test images on {budget['fid_num']} samples "
              f"(200 per class at 2,000); w picked by FID on {budget['sweep_num']} samples of another seed "
              f"among {', '.join(f'{w:g}' for w in budget['sweep'])}. Precision/recall (k = 3) of the guided samples.",
-             "", "| variant | table | params | steps | train s | FID unguided | FID guided | w | precision | recall | paper (B/16, IN-256) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in records:
-        v = variants[r["variant"]]
+             "KID (x1000, ± its std over subsets) shows which FID gaps are noise.",
+             "", "| variant | table | params | steps | train s | FID unguided | FID guided | w | KID guided | precision | recall | paper (B/16, IN-256) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        r, v, g = run["record"], variants[run["record"]["variant"]], run["guided"]
         lines.append(f"| {r['variant']} | {v.table} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['seconds']:.0f} | "
-                     f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | {r['precision']:.3f} | "
+                     f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | "
+                     f"{1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {v.paper} |")
     pending = [name for name in variants if name not in {r["variant"] for r in records}]
     if pending:
@@ -226,7 +230,7 @@ def main(argv=None) -> None:
     results = Path(args.results)
     (results / "ladder").mkdir(parents=True, exist_ok=True)
     # a variant whose record is in the results folder is finished, even if its runs/ cache is gone
-    done = {r["variant"] for r in finished_records(results / "ladder", args.budget)}
+    done = {run["record"]["variant"] for run in finished_runs(results / "ladder", args.budget)}
     todo = [v for v in chosen if v.name not in done]
     print(f"finished at budget {args.budget}: {', '.join(sorted(done)) or 'none'}; to run: "
           f"{', '.join(v.name for v in todo) or 'none'}", flush=True)
@@ -252,19 +256,19 @@ def main(argv=None) -> None:
 
 
 def report(results: Path, budget_name: str, budget: dict) -> None:
-    records = finished_records(results / "ladder", budget_name)   # every finished variant, not just this call's
-    write_outputs(records, {v.name: v for v in VARIANTS}, budget_name, budget, results)
-    print(f"ladder of {len(records)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
+    runs = finished_runs(results / "ladder", budget_name)   # every finished variant, not just this call's
+    write_outputs(runs, {v.name: v for v in VARIANTS}, budget_name, budget, results)
+    print(f"ladder of {len(runs)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
 
 
-def finished_records(folder: Path, budget_name: str) -> list[dict]:
-    """The records of every variant evaluated at this budget, in the ladder's order."""
-    records = []
+def finished_runs(folder: Path, budget_name: str) -> list[dict]:
+    """The JSON of every variant evaluated at this budget, in the ladder's order."""
+    runs = []
     for v in VARIANTS:
         path = folder / f"{v.name}.json"
         if path.is_file() and (run := json.loads(path.read_text()))["budget"] == budget_name:
-            records.append(run["record"])
-    return records
+            runs.append(run)
+    return runs
 
 
 if __name__ == "__main__":

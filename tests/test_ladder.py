@@ -48,8 +48,8 @@ def test_training_seconds_counts_a_resumed_run_once(tmp_path):
 
 
 def test_record_has_exactly_the_issue_keys_and_tables_list_finished_variants(tmp_path):
-    ev = {"unguided": {"fid": 100.1234}, "guided": {"fid": 90.0, "settings": {"cfg": 2.0},
-                                                   "precision": 0.5, "recall": 0.25}}
+    ev = {"unguided": {"fid": 100.1234}, "guided": {"fid": 90.0, "settings": {"cfg": 2.0}, "kid": 0.0123,
+                                                   "kid_std": 0.0011, "precision": 0.5, "recall": 0.25}}
     trained = {"params": 123, "steps": 400, "seconds": 60.0}
     folder = tmp_path / "ladder"
     folder.mkdir()
@@ -57,11 +57,13 @@ def test_record_has_exactly_the_issue_keys_and_tables_list_finished_variants(tmp
     for name, budget in (("vco-tiny", "default"), ("jit-tiny", "default"), ("repa", "smoke")):
         rec = ladder.record_of(by_name[name], trained, ev)
         assert list(rec) == RECORD_KEYS and rec["variant"] == name and rec["fid_unguided"] == 100.123
-        (folder / f"{name}.json").write_text(json.dumps({"record": rec, "budget": budget}))
-    records = ladder.finished_records(folder, "default")
+        (folder / f"{name}.json").write_text(json.dumps({"record": rec, "budget": budget, **ev}))
+    runs = ladder.finished_runs(folder, "default")
+    records = [run["record"] for run in runs]
     assert [r["variant"] for r in records] == ["jit-tiny", "vco-tiny"]   # ladder order; other budgets left out
-    ladder.write_outputs(records, by_name, "default", ladder.BUDGETS["default"], tmp_path)
+    ladder.write_outputs(runs, by_name, "default", ladder.BUDGETS["default"], tmp_path)
     assert json.loads((tmp_path / "ladder.json").read_text()) == records
     table = (tmp_path / "ladder.md").read_text()
     assert "| vco-tiny |" in table and "| repa |" not in table and "2 of 13 done" in table
+    assert "| 12.3 ± 1.1 |" in table   # KID x1000 of the guided samples
     assert (tmp_path / "ladder.png").stat().st_size > 0
