@@ -172,7 +172,7 @@ def write_outputs(runs: list[dict], variants: dict, budget_name: str, budget: di
              f"Every variant: {budget['steps']} steps of batch {budget['batch']} (8 classes per batch), "
              f"lr {LR}, seed {SEED}, fp32 on the CPU; EMA-1 weights; Heun {budget['sample_steps']} steps; "
              f"FID against {budget['ref_num']} Fashion-MNIST test images on {budget['fid_num']} samples "
-             f"(200 per class at 2,000); w picked by FID on {budget['sweep_num']} samples of another seed "
+             f"({budget['fid_num'] // 10} per class); w picked by FID on {budget['sweep_num']} samples of another seed "
              f"among {', '.join(f'{w:g}' for w in budget['sweep'])}. Precision/recall (k = 3) of the guided samples.",
              "KID (x1000, ± its std over subsets) shows which FID gaps are noise.",
              "", "| variant | table | params | steps | train s | FID unguided | FID guided | w | KID guided | precision | recall | paper (B/16, IN-256) |",
