@@ -57,6 +57,7 @@ VARIANTS = [
     Variant("time_shift", "vco-tiny", ["calibration=time_shift"], "4", "2.93 guided"),
     Variant("calibration_none", "vco-tiny", ["calibration=none"], "4", "not retrieved"),
 ]
+BY_NAME = {v.name: v for v in VARIANTS}
 
 # steps/batch/lr of training; samples, sweep and sampler of the evaluation
 BUDGETS = {
@@ -164,7 +165,7 @@ def record_of(v: Variant, trained: dict, ev: dict) -> dict:
             "precision": round(ev["guided"]["precision"], 4), "recall": round(ev["guided"]["recall"], 4)}
 
 
-def write_outputs(runs: list[dict], variants: dict, budget_name: str, budget: dict, results: Path) -> None:
+def write_outputs(runs: list[dict], budget_name: str, budget: dict, results: Path) -> None:
     """``runs``: the per-variant JSONs (``record`` + the evaluations) of the finished variants."""
     records = [run["record"] for run in runs]
     write_json(results / "ladder.json", records)
@@ -178,14 +179,14 @@ def write_outputs(runs: list[dict], variants: dict, budget_name: str, budget: di
              "", "| variant | table | params | steps | train s | FID unguided | FID guided | w | KID guided | precision | recall | paper (B/16, IN-256) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
-        r, v, g = run["record"], variants[run["record"]["variant"]], run["guided"]
+        r, v, g = run["record"], BY_NAME[run["record"]["variant"]], run["guided"]
         lines.append(f"| {r['variant']} | {v.table} | {r['params'] / 1e6:.2f}M | {r['steps']} | {r['seconds']:.0f} | "
                      f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | "
                      f"{1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {v.paper} |")
-    pending = [name for name in variants if name not in {r["variant"] for r in records}]
+    pending = [name for name in BY_NAME if name not in {r["variant"] for r in records}]
     if pending:
-        lines += ["", f"Not yet run at this budget ({len(records)} of {len(variants)} done): "
+        lines += ["", f"Not yet run at this budget ({len(records)} of {len(BY_NAME)} done): "
                   + ", ".join(pending) + ". `python benchmarks/ladder.py` resumes where it stopped."]
     lines += ["", "Sample grids (guided): `docs/results/ladder/<variant>.png`; every run's JSON: "
               "`docs/results/ladder/<variant>.json`."]
@@ -222,11 +223,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     budget = BUDGETS[args.budget]
-    names = {v.name: v for v in VARIANTS}
-    unknown = set(args.only or []) - set(names)
+    unknown = set(args.only or []) - set(BY_NAME)
     if unknown:
-        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(names)}")
-    chosen = [names[n] for n in args.only] if args.only else VARIANTS   # in the order given
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(BY_NAME)}")
+    chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS   # in the order given
     out = Path(args.out or ROOT / "runs" / f"ladder-{args.budget}")
     results = Path(args.results)
     (results / "ladder").mkdir(parents=True, exist_ok=True)
@@ -258,7 +258,7 @@ def main(argv=None) -> None:
 
 def report(results: Path, budget_name: str, budget: dict) -> None:
     runs = finished_runs(results / "ladder", budget_name)   # every finished variant, not just this call's
-    write_outputs(runs, {v.name: v for v in VARIANTS}, budget_name, budget, results)
+    write_outputs(runs, budget_name, budget, results)
     print(f"ladder of {len(runs)}/{len(VARIANTS)} variants -> {results / 'ladder.md'}", flush=True)
 
 

@@ -53,15 +53,14 @@ def test_record_has_exactly_the_issue_keys_and_tables_list_finished_variants(tmp
     trained = {"params": 123, "steps": 400, "seconds": 60.0}
     folder = tmp_path / "ladder"
     folder.mkdir()
-    by_name = {v.name: v for v in ladder.VARIANTS}
     for name, budget in (("vco-tiny", "default"), ("jit-tiny", "default"), ("repa", "smoke")):
-        rec = ladder.record_of(by_name[name], trained, ev)
+        rec = ladder.record_of(ladder.BY_NAME[name], trained, ev)
         assert list(rec) == RECORD_KEYS and rec["variant"] == name and rec["fid_unguided"] == 100.123
         (folder / f"{name}.json").write_text(json.dumps({"record": rec, "budget": budget, **ev}))
     runs = ladder.finished_runs(folder, "default")
     records = [run["record"] for run in runs]
     assert [r["variant"] for r in records] == ["jit-tiny", "vco-tiny"]   # ladder order; other budgets left out
-    ladder.write_outputs(runs, by_name, "default", ladder.BUDGETS["default"], tmp_path)
+    ladder.write_outputs(runs, "default", ladder.BUDGETS["default"], tmp_path)
     assert json.loads((tmp_path / "ladder.json").read_text()) == records
     table = (tmp_path / "ladder.md").read_text()
     assert "| vco-tiny |" in table and "| repa |" not in table and "2 of 13 done" in table
