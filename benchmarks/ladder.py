@@ -184,7 +184,8 @@ def write_outputs(runs: list[dict], budget_name: str, budget: dict, results: Pat
                      f"{r['fid_unguided']:.2f} | {r['fid_guided']:.2f} | {r['cfg']:g} | "
                      f"{1e3 * g['kid']:.1f} ± {1e3 * g['kid_std']:.1f} | {r['precision']:.3f} | "
                      f"{r['recall']:.3f} | {v.paper} |")
-    pending = [name for name in BY_NAME if name not in {r["variant"] for r in records}]
+    finished = {r["variant"] for r in records}
+    pending = [name for name in BY_NAME if name not in finished]
     if pending:
         lines += ["", f"Not yet run at this budget ({len(records)} of {len(BY_NAME)} done): "
                   + ", ".join(pending) + ". `python benchmarks/ladder.py` resumes where it stopped."]
