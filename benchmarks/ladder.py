@@ -63,8 +63,9 @@ BY_NAME = {v.name: v for v in VARIANTS}
 BUDGETS = {
     "smoke": dict(steps=2, batch=16, fid_num=20, sweep_num=10, sweep=(1.5, 3.0), sample_steps=2,
                   ref_num=100),
-    # Measured on 2 cores, vco-tiny: train 13 min, sample 8 (unguided) + 16 (guided) + 4 (sweep),
-    # Inception 15 (5 img/s): ~55 min a V-Co variant, ~10 h for the 13; every stage is cached.
+    # Measured on 2 cores, vco-tiny: train 13 min, sample 8 (unguided) + 22 (guided) + 4 (sweep),
+    # Inception 15 (5 img/s): 63 min (30-51 without the hybrid loss), ~10 h for the 13; every
+    # stage is cached.
     # 150 steps of 32 were too few (jit-tiny: FID 340, blobs; EMA 0.99 still held 22% of init).
     "default": dict(steps=400, batch=16, fid_num=2000, sweep_num=100, sweep=(1.5, 2.0, 3.0),
                     sample_steps=5, ref_num=10_000),
