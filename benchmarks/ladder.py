@@ -202,7 +202,10 @@ def write_outputs(runs: list[dict], budget_name: str, budget: dict, results: Pat
     fig, ax = plt.subplots(figsize=(max(7, 0.8 * len(names)), 4), dpi=120)
     for dx, key, label in ((-0.2, "fid_unguided", "unguided"), (0.2, "fid_guided", "guided (best w)")):
         bars = ax.bar(x + dx, [r[key] for r in records], 0.4, label=label)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)   # the gaps can be a few points on a scale of 100s
+        # the gaps can be a few points on a scale of 100s; vertical so neighbouring labels never overlap
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, rotation=90, padding=2)
+    top = max(max(r["fid_unguided"], r["fid_guided"]) for r in records)
+    ax.set_ylim(0, 1.25 * top)   # room above the tallest bar for its label
     ax.set_xticks(x, names, rotation=40, ha="right")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(f"V-Co ladder on Fashion-MNIST, {budget['steps']} steps x {budget['batch']}")
