@@ -45,6 +45,12 @@ class ModelConfig:
     semantic_dim: int = 96            # channels of the semantic patch features (V-Co stream)
     semantic_bottleneck: int = 0      # rank of the semantic input projection; 0 = bottleneck_dim
 
+    @property
+    def co_denoising(self) -> bool:
+        """Whether the model denoises a semantic stream beside the pixels (the one place that
+        answers it: every fusion but 'none' is a co-denoising model)."""
+        return self.fusion != "none"
+
 
 @dataclass
 class DiffusionConfig:
