@@ -28,7 +28,7 @@ from vco.config import build_config
 from vco.models import build_model, count_params
 from vco.sampling import generate
 from vco.train import Trainer
-from vco.train.trainer import cpu_has_bf16
+from vco.device import cpu_has_bf16
 
 
 def matmul_peak(dtype: torch.dtype, device: str, n: int = 2048, reps: int = 5) -> float:
@@ -109,14 +109,14 @@ def bench_one(preset: str, precision: str, args) -> dict:
     big = cfg.model.image_size >= 256 and args.device == "cpu"
     batch, sample_batch = (REDUCED_CPU_BATCH, 2) if big else (args.batch, args.sample_batch)
     sample_steps = 2 if big else args.sample_steps
-    if cfg.model.fusion != "none":
+    if cfg.model.co_denoising:
         cfg.semantic.encoder = OFFLINE_ENCODER.get(cfg.semantic.encoder, cfg.semantic.encoder)
         cfg.semantic.stats_images, cfg.semantic.stats = 2 * batch, None
     params = count_params(cfg.model)
     if big:   # synthetic data has at most 64 classes; a smaller label table changes no compute
         cfg.model.num_classes = 64
     r = {"preset": preset, "precision": precision, "params": params, "batch": batch,
-         "sample_steps": sample_steps, "encoder": cfg.semantic.encoder if cfg.model.fusion != "none" else "-"}
+         "sample_steps": sample_steps, "encoder": cfg.semantic.encoder if cfg.model.co_denoising else "-"}
     with tempfile.TemporaryDirectory() as run_dir:
         r.update(bench_train(cfg, batch, precision, args.steps, args.device, run_dir))
     r.update(bench_sample(cfg, sample_batch, precision, sample_steps, args.device))

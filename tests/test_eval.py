@@ -65,6 +65,19 @@ def test_two_process_generation_equals_one_process(tmp_path):
     assert len(np.unique(two.reshape(20, -1), axis=0)) == 20       # different noise per sample
 
 
+def test_each_sample_noise_comes_from_its_own_mixed_seed():
+    from vco.diffusion import initial_noise
+    from vco.diffusion.randomness import noise_seed, sample_seed
+    from vco.sampling import sample_noise
+    model, _ = tiny_model()
+    noise = sample_noise(model, range(5, 8), seed=3, device="cpu")
+    g = torch.Generator().manual_seed(noise_seed(3, 6))
+    alone = initial_noise(model.stream_shapes(1), g, "cpu")
+    assert all(torch.equal(n[1:2], a) for n, a in zip(noise, alone))       # index 6 alone = in a batch
+    assert len({noise_seed(s, i) for s in range(3) for i in range(100)}) == 300
+    assert noise_seed(3, 6) not in {sample_seed(3, step, 6) for step in range(1000)}
+
+
 @pytest.mark.skipif(not default_weights_path().is_file(), reason="Inception weights not installed")
 def test_eval_commands_end_to_end(tmp_path, capsys):
     from vco.cli import main

@@ -35,7 +35,7 @@ def cfg_for(preset="jit-tiny", *extra):
 
 
 def model_tensors(run):
-    return {k: v for k, v in load_tensors(run).items() if not k.startswith("rng/")}
+    return load_tensors(run)          # weights, EMAs and optimizer state (no RNG state is stored)
 
 
 # ---------------------------------------------------------------- exact resume
@@ -130,6 +130,32 @@ def test_disk_full_during_a_save_loses_nothing(tmp_path, monkeypatch):
     assert not list(run.glob(".*.tmp"))
 
 
+def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from vco.files import WriteError, atomic_write, atomic_write_text, remove_stale_temporaries
+    target = tmp_path / "out" / "result.json"
+    atomic_write_text(target, "old")
+
+    def half_then_full(tmp):
+        tmp.write_text("half a new fi")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(WriteError, match=r"result\.json: No space left on device.*intact"):
+        atomic_write(target, half_then_full)
+    assert target.read_text() == "old" and sorted(p.name for p in target.parent.iterdir()) == ["result.json"]
+
+    def compute_error(tmp):                         # the writer's own error keeps its type
+        tmp.write_text("x")
+        raise KeyError("bad input")
+    with pytest.raises(KeyError):
+        atomic_write(target, compute_error, passthrough=(KeyError,))
+    with pytest.raises(WriteError, match="bad input"):
+        atomic_write(target, compute_error)
+    assert target.read_text() == "old" and len(list(target.parent.iterdir())) == 1
+
+    (target.parent / ".result.json.abc123.tmp").write_text("left by a killed writer")
+    remove_stale_temporaries(target.parent)
+    assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+
+
 def test_unwritable_run_folder_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     assert main(["train", "--preset", "jit-tiny", "--out", str(tmp_path / "file" / "run"),
@@ -166,11 +192,11 @@ def test_checkpoint_of_another_preset_names_the_tensors(tmp_path):
 
 # ---------------------------------------------------------------- numerics
 def nan_on(steps_to_poison):
-    import vco.train.trainer as tr
-    real = tr.training_loss
+    from vco.train.objective import Objective
+    real = Objective.forward
 
-    def poisoned(model, x, *a, **kw):
-        out = real(model, x, *a, **kw)
+    def poisoned(self, *a, **kw):
+        out = real(self, *a, **kw)
         if poisoned.calls in steps_to_poison:
             out["loss"] = out["loss"] * float("nan")
         poisoned.calls += 1
@@ -180,8 +206,8 @@ def nan_on(steps_to_poison):
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
-    import vco.train.trainer as tr
-    monkeypatch.setattr(tr, "training_loss", nan_on({1, 2}))
+    from vco.train.objective import Objective
+    monkeypatch.setattr(Objective, "forward", nan_on({1, 2}))
     trainer = Trainer(cfg_for("jit-tiny", "train.steps=4"), tmp_path / "r")
     weights = []
     for step in range(4):
@@ -194,10 +220,10 @@ def test_non_finite_steps_are_skipped_and_counted(tmp_path, monkeypatch):
 
 
 def test_consecutive_non_finite_steps_stop_with_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import vco.train.trainer as tr
+    from vco.train.objective import Objective
     Trainer(cfg_for("jit-tiny", "train.steps=2"), tmp_path / "r").train(progress=False)
     good = model_tensors(tmp_path / "r")
-    monkeypatch.setattr(tr, "training_loss", nan_on(set(range(100))))
+    monkeypatch.setattr(Objective, "forward", nan_on(set(range(100))))
     trainer = Trainer(cfg_for("jit-tiny", "train.steps=20", "max_bad_steps=3", "ckpt_every=1"),
                       tmp_path / "r", resume=True)
     with pytest.raises(FloatingPointError, match="3 consecutive steps.*intact"):

@@ -1,9 +1,9 @@
 """Loading the released official V-Co / JiT checkpoints (vco.interop.official).
 
-Official-layout state dicts are generated from the shape formulas of
-shared/spec/official-layout.md section 1 (checked against the B/16 key list), filled with random
+Official-layout state dicts are generated from the shape formulas of the released code's layout
+(docs/official-checkpoints.md; checked against the B/16 key list in tests/data), filled with random
 values, converted, and compared with an independent re-implementation of the official forward
-written from that document (section 2), on the raw official key names.
+(ref_vco_forward below), on the raw official key names.
 """
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from vco.cli import main
 from vco.config import build_config
 from vco.interop import ConversionError, convert_official, infer_config, plan_conversion
 from vco.interop import official as O
+from vco.interop.official_keys import (BUFFER, FROZEN_COPY, LOSS_DINO, LOSS_ENCODER, POS_EMBED, SEMANTIC_DINO,
+                                       SEMANTIC_ENCODER, WEIGHT)
 from vco.models import build_model
+from vco.semantic.dinov2 import V4_TO_V5
 
-# A copy of shared/spec/official-vco-b16-keys.tsv (the key list of the released B/16 checkpoint)
+# The key list of the released B/16 checkpoint (names and shapes)
 SPEC = Path(__file__).resolve().parent / "data" / "official-vco-b16-keys.tsv"
 transformers = pytest.importorskip("transformers")
 
@@ -35,7 +38,7 @@ TINY_SET = ["--set", f"model.in_context_start={S}"]
 # ----------------------------------------------------------------------------- layouts
 def official_net_shapes(kind, depth, hidden, heads, bottleneck, ctx, patch, classes, dino, grid,
                         channels=3, ratio=4.0):
-    """Official ``net.*`` names and shapes from the formulas of official-layout.md section 1."""
+    """Official ``net.*`` names and shapes from the released code's shape formulas."""
     f, dh, n = int(int(hidden * ratio) * 2 / 3), hidden // heads, grid * grid
     s = {"pos_embed": (1, n, hidden), "in_context_posemb": (1, ctx, hidden),
          "t_embedder.mlp.0.weight": (hidden, 256), "t_embedder.mlp.0.bias": (hidden,),
@@ -104,8 +107,8 @@ def official_b16_shapes(kind="vco"):
     s = official_net_shapes(kind, 12, 768, 12, 128, 32, 16, 1000, 768, 16)
     if kind == "vco":
         s.update({"img_mean": (1, 3, 1, 1), "img_std": (1, 3, 1, 1)})
-        s.update({O.SEMANTIC_DINO + k: v for k, v in dinov2_shapes().items()})
-        s.update({O.LOSS_DINO + k: v for k, v in dinov2_shapes(layernorm=True).items()})
+        s.update({SEMANTIC_DINO + k: v for k, v in dinov2_shapes().items()})
+        s.update({LOSS_DINO + k: v for k, v in dinov2_shapes(layernorm=True).items()})
     return s
 
 
@@ -191,7 +194,7 @@ def ref_cond(sd, t, y):
 
 
 def ref_vco_forward(sd, x, t, y, zs, flags=None, heads=NH, ctx=L, start=S, patch=P):
-    """The official dual-stream forward (official-layout.md section 2) on the raw official keys.
+    """The official dual-stream forward, written from the released model code, on the raw official keys.
     Returns (pixel x-prediction, DINO x-prediction, per-block [pixel, dino] states)."""
     n_ = lambda k: sd["net." + k]
     depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("net.blocks."))
@@ -321,12 +324,12 @@ def tiny_official(kind="vco", v4_names=False, seed=0, dino_differs=False):
     if kind == "vco":
         dino = tiny_dinov2_state(seed)
         if v4_names:
-            back = {v: k for k, v in __import__("vco.semantic.dinov2", fromlist=["x"])._V4_TO_V5.items()}
+            back = {v: k for k, v in V4_TO_V5.items()}
             dino = {_rename(k, back): v for k, v in dino.items()}
-        model.update({O.SEMANTIC_DINO + k: v for k, v in dino.items() if not k.startswith("layernorm.")})
-        model.update({O.LOSS_DINO + k: v.clone() for k, v in dino.items()})
+        model.update({SEMANTIC_DINO + k: v for k, v in dino.items() if not k.startswith("layernorm.")})
+        model.update({LOSS_DINO + k: v.clone() for k, v in dino.items()})
         if dino_differs:
-            key = O.LOSS_DINO + "embeddings.cls_token"
+            key = LOSS_DINO + "embeddings.cls_token"
             model[key] = model[key] + 1e-3
         model["img_mean"] = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         model["img_std"] = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -391,7 +394,7 @@ def test_shape_formulas_reproduce_the_official_b16_key_list():
     listed = {r[0]: tuple(int(v) for v in r[1].strip("[]").split(",")) for r in rows}
     assert len(listed) == 807
     assert official_b16_shapes("vco") == listed
-    net = sum(math.prod(v) for k, v in listed.items() if k.startswith("net.") and not k.startswith(O.SEMANTIC_DINO))
+    net = sum(math.prod(v) for k, v in listed.items() if k.startswith("net.") and not k.startswith(SEMANTIC_DINO))
     assert net == 260_862_720                                       # section 1.1 size check
     jit = sum(math.prod(v) for v in official_b16_shapes("jit").values())
     assert jit == 131_320_320                                       # section 1.2
@@ -411,9 +414,9 @@ def test_b16_on_meta_every_tensor_used_exactly_once():
         assert set(usage) == set(obj[sec])                          # every tensor has one role
         for role in usage.values():
             roles[sec][role] = roles[sec].get(role, 0) + 1
-    assert roles["model"] == {O.WEIGHT: 358, O.POS_EMBED: 1, O.SEMANTIC_ENCODER: 222,
-                              O.LOSS_ENCODER: 224, O.BUFFER: 2}
-    assert roles["model_ema1"] == {O.WEIGHT: 358, O.POS_EMBED: 1, O.FROZEN_COPY: 446, O.BUFFER: 2}
+    assert roles["model"] == {WEIGHT: 358, POS_EMBED: 1, SEMANTIC_ENCODER: 222,
+                              LOSS_ENCODER: 224, BUFFER: 2}
+    assert roles["model_ema1"] == {WEIGHT: 358, POS_EMBED: 1, FROZEN_COPY: 446, BUFFER: 2}
     ours = build_model(ref.model, device="meta").state_dict()
     assert set(plan.sections) == {"model", "ema1", "ema2"}
     for sec in plan.sections.values():                              # our names, our shapes
@@ -634,7 +637,7 @@ def test_convert_official_then_sample_through_the_cli(converted_run, tiny_vco, t
     assert cfg.semantic.scale == 0.5 and cfg.semantic.encoder == "dinov2"      # match_pixel_norm
     assert Path(cfg.semantic.encoder_path) == (run / O.ENCODER_DIR).resolve()
     assert (cfg.sampler.cfg, cfg.sampler.steps, cfg.diffusion.label_drop_prob) == (1.5, 7, 0.1)
-    assert cfg.semantic.aux_loss == "hybrid" and cfg.semantic.aux_weight == 10.0
+    assert cfg.semantic.aux_loss["name"] == "hybrid" and cfg.semantic.aux_loss["weight"] == 10.0
     st = load_stats(run / STATS_NAME)
     assert st.scale == 0.5 and st.var.shape == (G * G, E)
     model, _, meta = load_run_model(run, "ema1")

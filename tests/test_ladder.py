@@ -27,12 +27,12 @@ def test_every_variant_shares_the_budget_and_the_recipe_rows_are_named():
         assert cfg.data.name == "fashion-mnist" and cfg.model.image_size == 32
     assert cfgs["jit-tiny"].model.fusion == "none"
     full = cfgs["vco-tiny"]
-    assert (full.model.fusion, full.model.uncond, full.semantic.aux_loss, full.semantic.calibration) == \
-        ("dual_stream", "joint_asymmetric_mask", "hybrid", "rms")
+    assert (full.model.fusion, full.model.uncond, full.semantic.aux_loss["name"],
+            full.semantic.calibration["name"]) == ("dual_stream", "joint_asymmetric_mask", "hybrid", "rms")
     # each other V-Co row differs from the full recipe in what its name says
     assert cfgs["input_dropout"].model.uncond == "input_dropout_zeros"
-    assert cfgs["dual_stream-no_aux"].semantic.aux_loss == "none"
-    assert cfgs["time_shift"].semantic.calibration == "time_shift"
+    assert cfgs["dual_stream-no_aux"].semantic.aux_loss["name"] == "none"
+    assert cfgs["time_shift"].semantic.calibration["name"] == "time_shift"
     assert {cfgs[n].model.fusion for n in ("token_concat", "direct_add", "channel_concat")} == \
         {"token_concat", "direct_add", "channel_concat"}
 

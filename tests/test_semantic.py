@@ -227,7 +227,7 @@ def test_dinov2_state_dict_loads_from_transformers_4_and_5_names():
         dinov2_from_state_dict({k: v for k, v in v5.items() if "mlp.fc1" not in k}, enc.model.config)
 
 
-OFFICIAL_KEYS = "/work/shared/spec/official-vco-b16-keys.tsv"
+OFFICIAL_KEYS = os.path.join(os.path.dirname(__file__), "data", "official-vco-b16-keys.tsv")
 
 
 @pytest.mark.skipif(not os.path.isfile(OFFICIAL_KEYS), reason="official key listing not available")
@@ -263,7 +263,7 @@ def test_build_encoder_registry(tmp_path):
     built = build_encoder("dinov2", grid=2, path=str(tmp_path / "dino"))
     assert isinstance(built, DINOv2Encoder) and built.input_size == 28
     torch.testing.assert_close(built.model.layernorm.weight, enc.model.layernorm.weight)
-    assert isinstance(build_encoder("mobilenet_v2", grid=2, weights=WEIGHTS), MobileNetV2Encoder)
+    assert isinstance(build_encoder("mobilenet_v2", grid=2, path=WEIGHTS), MobileNetV2Encoder)
     with pytest.raises(ValueError, match="mobilenet_v2"):
         build_encoder("clip", grid=2)
 

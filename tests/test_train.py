@@ -6,7 +6,7 @@ import torch
 
 from vco.config import build_config
 from vco.train import CheckpointError, Trainer, load_run_model
-from vco.train.checkpoint import load_tensors
+from vco.train.checkpoint import load_tensors, state_mismatch
 from vco.train.ema import EMA
 from vco.train.trainer import lr_at
 
@@ -84,6 +84,21 @@ def test_sampling_weights_and_shape_mismatch(tmp_path):
     other = small_cfg(["train.steps=2", "hidden_size=32"])
     with pytest.raises(CheckpointError, match="shape mismatch"):
         Trainer(other, tmp_path / "r", resume=True)
+
+
+def test_state_mismatch_names_missing_unexpected_and_misshaped_keys():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    own = model.state_dict()
+    assert state_mismatch(own, dict(own)) == []
+    state = {k: v for k, v in own.items() if k != "1.bias"}
+    state["0.weight"] = torch.zeros(4, 2)
+    state["extra.weight"] = torch.zeros(1)
+    lines = state_mismatch(own, state)
+    assert lines == ["missing (1): 1.bias", "unexpected (1): extra.weight",
+                     "shape mismatch (1 tensors): 0.weight: checkpoint (4, 2) vs model (3, 2)"]
+    shapes = {k: tuple(v.shape) for k, v in own.items()}          # shapes work as well as tensors
+    assert state_mismatch(shapes, state) == lines
+    assert state_mismatch(own, state, optional=("bias",))[0] == "unexpected (1): extra.weight"
 
 
 @pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="torch.compile on CPU needs a C compiler")

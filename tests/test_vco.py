@@ -3,13 +3,14 @@ import math
 
 import pytest
 import torch
+from helpers import velocity_loss
 
 from vco.config import DiffusionConfig, SamplerConfig, build_config
 from vco.data import ClassBalancedSchedule
-from vco.diffusion import sample, training_loss
-from vco.diffusion.guidance import build_unconditional
+from vco.diffusion import sample
+from vco.models.unconditional import build_unconditional
 from vco.diffusion.sampler import guided_velocity
-from vco.losses import drifting_regression_loss, hybrid_loss_from_features
+from vco.losses import hybrid_loss_from_features, hybrid_regression_loss
 from vco.models import build_model, count_params
 
 
@@ -63,7 +64,7 @@ def test_semantic_loss_ignores_dropped_samples():
             return torch.zeros_like(z), f + 0.5 + 1000.0 * drop.view(-1, 1, 1)
 
     cfg = DiffusionConfig(label_drop_prob=0.5)
-    out = training_loss(Stub(), x, torch.zeros(16, dtype=torch.long), cfg, 10,
+    out = velocity_loss(Stub(), x, torch.zeros(16, dtype=torch.long), cfg, 10,
                         torch.Generator().manual_seed(1), semantic=f, semantic_weight=0.1)
     keep = ~record["drop"]
     assert 0 < keep.sum() < 16
@@ -91,7 +92,7 @@ def test_hybrid_loss_value_and_gradient_match_the_formula():
     g = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1).requires_grad_()
     p = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     labels = torch.zeros(5, dtype=torch.long)
-    loss = drifting_regression_loss(g, p, labels)
+    loss = hybrid_regression_loss(g, p, labels)
     V = drift_by_hand(g.detach(), p)
     assert loss.item() == pytest.approx(V.pow(2).mean().item(), rel=1e-5)
     loss.backward()

@@ -10,15 +10,14 @@ import dataclasses
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config file, preset or override that cannot be used; the message says what to do."""
+from .components import COMPONENTS, ConfigError, component_spec
+from .files import atomic_write_text
 
 
 @dataclass
@@ -83,19 +82,25 @@ class DataConfig:
 
 @dataclass
 class SemanticConfig:
-    """The semantic stream of V-Co: frozen encoder, calibration, loss weights."""
+    """The semantic stream of V-Co: frozen encoder, calibration, loss weights.
+
+    ``calibration`` and ``aux_loss`` are components chosen by name: a mapping
+    ``{name: ..., option: value, ...}`` whose options belong to that component (its own dataclass,
+    next to its code, declares them and their defaults). ``--set aux_loss=repa`` picks a component
+    with its default options; ``--set aux_loss.tap_block=3`` sets one option.
+    """
     encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2 | dinov2_random (benchmarks)
-    encoder_path: Optional[str] = None  # dinov2: local folder or hub id
+    encoder_path: Optional[str] = None  # the encoder's weights: dinov2 a local folder or hub id;
+                                        # mobilenet_v2 a torchvision-format state dict
     stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
     cache: Optional[str] = None       # a `vco cache` folder, or auto (built once per encoder+data)
     stats_images: int = 2048          # images used when the statistics are computed at start
     scale: Optional[float] = None     # RMS ratio s = RMS(pixels) / RMS(features); None: measured
-    calibration: str = "rms"          # Table 4: rms (features x s) | none | time_shift (t' from s)
     loss_weight: float = 0.1          # lambda_d of the semantic v-loss
-    aux_loss: str = "hybrid"          # Table 3: hybrid | none | repa | perceptual | drifting
-    aux_weight: Optional[float] = None  # None: the paper's weight of that loss (hybrid 10)
-    gate_tau: float = 10.0            # hybrid loss: attraction gate temperature
-    repulsion_tau: float = 0.2        # hybrid loss: repulsion kernel temperature
+    # Table 4: rms (features x s) | none | time_shift (options: alpha, default s)
+    calibration: Dict[str, Any] = field(default_factory=lambda: {"name": "rms"})
+    # Table 3: hybrid | none | repa | perceptual | drifting (options: weight and the loss's own)
+    aux_loss: Dict[str, Any] = field(default_factory=lambda: {"name": "hybrid"})
 
 
 @dataclass
@@ -131,6 +136,10 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- presets
+# V-Co's RMS factor for DINOv2-B-reg features with RAE's ImageNet statistics ("empirically
+# calculated" in the official code): the pixels' RMS over the normalised features' RMS.
+PAPER_DINOV2_B_SCALE = 0.485
+
 # Presets differ only in numbers. Sizes of B/L/H follow JiT (Li & He 2025, Table 9).
 _IMAGENET = dict(image_size=256, patch_size=16, num_classes=1000, in_context_len=32)
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -160,15 +169,25 @@ _PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _merge(base: dict, update: dict) -> dict:
+def _merge(base: dict, update: dict, path: str = "") -> dict:
+    """``update`` over ``base``, recursively. A component (COMPONENTS) named anew by ``update``
+    starts from its own defaults: the options of the component it replaces do not carry over."""
     out = copy.deepcopy(base)
     for k, v in update.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        key = f"{path}{k}"
+        if key in COMPONENTS:
+            v, current = component_spec(v, key), component_spec(out.get(k), key)
+            if v.get("name", current.get("name")) != current.get("name"):
+                out[k] = copy.deepcopy(v)
+                continue
+            out[k] = current
+        out[k] = _merge(out[k], v, f"{key}.") if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
 # V-Co presets: the JiT sizes with a second stream (V-Co Table 5 / official scripts).
-_DINOV2 = dict(encoder="dinov2", encoder_path="facebook/dinov2-with-registers-base", scale=0.485)
+_DINOV2 = dict(encoder="dinov2", encoder_path="facebook/dinov2-with-registers-base",
+               scale=PAPER_DINOV2_B_SCALE)
 for _size, _cfg_scale in (("b16", 1.8), ("l16", 1.8), ("h16", 1.5)):
     _PRESETS[f"vco-{_size}"] = _merge(_PRESETS[f"jit-{_size}"], dict(
         model=dict(fusion="dual_stream", stream_blocks=2, semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
@@ -204,6 +223,12 @@ def resolve_key(key: str, cfg: Config | None = None) -> str:
     paths = _leaf_paths(cfg or Config())
     if key in paths:
         return key
+    head, _, option = key.partition(".")
+    for component in COMPONENTS:               # an option of a component: aux_loss.gate_tau
+        if option and key.startswith(component + "."):
+            return key
+        if option and component.rsplit(".", 1)[-1] == head:
+            return f"{component}.{option}"
     matches = [p for p in paths if p.rsplit(".", 1)[-1] == key]
     if len(matches) == 1:
         return matches[0]
@@ -217,15 +242,43 @@ def resolve_key(key: str, cfg: Config | None = None) -> str:
 
 def _flat_keys(d: dict, prefix: str = ""):
     for k, v in d.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and f"{prefix}{k}" not in COMPONENTS:
             yield from _flat_keys(v, f"{prefix}{k}.")
         else:
             yield f"{prefix}{k}"
 
 
+def _migrate(d: dict) -> dict:
+    """Configs written before components carried their own options (flat semantic.gate_tau,
+    repulsion_tau, aux_weight; plain names) read as today's."""
+    sem = d.get("semantic")
+    if not isinstance(sem, dict):
+        return d
+    sem = dict(sem)
+    old = {k: sem.pop(k) for k in ("gate_tau", "repulsion_tau", "aux_weight") if k in sem}
+    for key in ("aux_loss", "calibration"):
+        if key in sem:
+            sem[key] = component_spec(sem[key], f"semantic.{key}")
+    aux = sem.get("aux_loss", {"name": "hybrid"})
+    if old.get("aux_weight") is not None:
+        aux.setdefault("weight", old["aux_weight"])
+    if aux.get("name", "hybrid") == "hybrid":
+        for k in ("gate_tau", "repulsion_tau"):
+            if k in old:
+                aux.setdefault(k, old[k])
+    if old or "aux_loss" in sem:
+        sem["aux_loss"] = aux
+    return dict(d, semantic=sem)
+
+
+def _is_known(key: str, paths: list[str]) -> bool:
+    return key in paths or any(key.startswith(c + ".") for c in COMPONENTS)
+
+
 def from_dict(d: dict) -> Config:
+    d = _migrate(d)
     for key in _flat_keys(d):
-        if key not in _leaf_paths(Config()):
+        if not _is_known(key, _leaf_paths(Config())):
             resolve_key(key)  # raises with a suggestion
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
@@ -243,10 +296,16 @@ def parse_overrides(items: list[str] | None) -> dict:
         key, raw = item.split("=", 1)
         path = resolve_key(key.strip())
         value = yaml.safe_load(raw) if raw.strip() else None
-        node = out
+        if path in COMPONENTS:
+            value = component_spec(value, path)
+        node, prefix = out, ""
         *parents, leaf = path.split(".")
         for p in parents:
+            prefix += p
+            if prefix in COMPONENTS:           # aux_loss=repa aux_loss.tap_block=3
+                node[p] = component_spec(node.get(p), prefix)
             node = node.setdefault(p, {})
+            prefix += "."
         node[leaf] = value
     return out
 
@@ -298,10 +357,7 @@ def to_yaml(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Atomic: a crash never leaves a half-written config.yaml."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(to_yaml(cfg))
-    tmp.replace(path)
+    atomic_write_text(path, to_yaml(cfg))
 
 
 def load_config(path: str | Path) -> Config:

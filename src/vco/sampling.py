@@ -10,9 +10,11 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .config import Config
+from .data.pixels import to_uint8
+from .device import autocast, resolve_precision
 from .diffusion import initial_noise, sample
+from .diffusion.randomness import noise_seed
 from .semantic.stream import stream_times
-from .train.trainer import resolve_precision
 
 
 def class_labels(num: int, num_classes: int) -> torch.Tensor:
@@ -21,17 +23,13 @@ def class_labels(num: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per)[:num]
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float (B, C, H, W) -> uint8, round(clip(127.5 (x + 1), 0, 255))."""
-    return (127.5 * (x.float() + 1)).clamp(0, 255).round().to(torch.uint8)
-
-
 def sample_noise(model, indices: range, seed: int, device) -> list[torch.Tensor]:
     """Initial noise of every stream for samples ``indices``: sample i's noise comes from its own
-    generator seeded by (seed, i), so results do not depend on batching or on the rank split."""
+    generator seeded by noise_seed(seed, i), so results do not depend on batching or on the rank
+    split."""
     per_stream = [[] for _ in model.stream_shapes(1)]
     for i in indices:
-        g = torch.Generator(device).manual_seed(seed * 1_000_003 + i)
+        g = torch.Generator(device).manual_seed(noise_seed(seed, i))
         for parts, n in zip(per_stream, initial_noise(model.stream_shapes(1), g, device)):
             parts.append(n)
     return [torch.cat(parts) for parts in per_stream]
@@ -42,14 +40,15 @@ def generate(model, cfg: Config, labels: torch.Tensor, seed: int = 0, batch_size
              device="cpu", progress: bool = True, first_index: int = 0) -> torch.Tensor:
     """uint8 images (N, C, H, W) for ``labels``; sample k uses the noise of index first_index + k."""
     m = cfg.model
-    use_bf16 = resolve_precision(cfg.train.precision, torch.device(device)) == "bf16"
+    device = torch.device(device)
+    precision = resolve_precision(cfg.train.precision, device)
     times = stream_times(cfg, len(model.stream_shapes(1)))
     out = []
     for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress,
                       leave=False):
         y = labels[start:start + batch_size].to(device)
         noise = sample_noise(model, range(first_index + start, first_index + start + len(y)), seed, device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(precision, device):
             x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes, stream_times=times)
         out.append(to_uint8(x).cpu())
     return torch.cat(out)

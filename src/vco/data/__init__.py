@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..config import DataConfig
 from .base import DataError, TensorImageDataset
 from .fashion_mnist import load_fashion_mnist
-from .folder import ImageFolderDataset
+from .folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from .pixels import to_model_range, to_uint8
 from .schedule import BatchSchedule, ClassBalancedSchedule, StepBatchSampler
 from .synthetic import make_synthetic
 
@@ -24,5 +25,6 @@ def build_dataset(cfg: DataConfig, image_size: int, num_classes: int):
     raise DataError(f"unknown data '{cfg.name}': use fashion-mnist, fashion-mnist-test, synthetic, "
                     "or a class-per-folder directory")
 
-__all__ = ["DataError", "TensorImageDataset", "ImageFolderDataset", "BatchSchedule", "ClassBalancedSchedule",
-           "StepBatchSampler", "build_dataset", "load_fashion_mnist", "make_synthetic"]
+__all__ = ["DataError", "TensorImageDataset", "ImageFolderDataset", "IMAGE_EXTENSIONS", "BatchSchedule",
+           "ClassBalancedSchedule", "StepBatchSampler", "build_dataset", "load_fashion_mnist", "make_synthetic",
+           "to_model_range", "to_uint8"]

@@ -13,7 +13,8 @@ from .base import DataError
 
 log = logging.getLogger("vco.data")
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+# The image files read from a folder, lower case, by training data and by FID reference folders.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def center_crop_arr(img: Image.Image, image_size: int) -> Image.Image:
@@ -57,7 +58,7 @@ class ImageFolderDataset(Dataset):
                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
             self.samples += [(p, k) for p in files]
         if not self.samples:
-            raise DataError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {self.root}")
+            raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         counts = torch.bincount(torch.tensor([k for _, k in self.samples]), minlength=len(classes))
         self.empty_classes = [classes[k] for k in range(len(classes)) if counts[k] == 0]
         if self.empty_classes:

@@ -5,7 +5,8 @@ The network predicts the clean sample x_hat; velocities are v = (x - z) / max(1 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -53,6 +54,13 @@ def drop_labels(y: torch.Tensor, drop: torch.Tensor, num_classes: int) -> torch.
     return torch.where(drop, torch.full_like(y, num_classes), y)
 
 
+@dataclass
+class Drops:
+    """Which samples of a training batch lose what, for classifier-free guidance."""
+    label: torch.Tensor       # (B,) bool: the label is replaced by the null class
+    semantic: torch.Tensor    # (B,) bool: the semantic pathway is removed (and L_sem ignores it)
+
+
 class SameTime:
     """A stream's clock: its noise level as a function of the shared t, here t itself. (The
     time-shift calibration gives the semantic stream its own t'.)"""
@@ -61,56 +69,28 @@ class SameTime:
         return t
 
 
-def training_loss(model, x: torch.Tensor, y: torch.Tensor, cfg: DiffusionConfig, num_classes: int,
-                  generator=None, semantic: torch.Tensor | None = None,
-                  semantic_weight: float = 0.1, semantic_time=SameTime(), aux=None,
-                  aux_weight: float = 0.0) -> dict:
-    """The training objective on clean images x (B, C, H, W) in [-1, 1] and labels y (B,).
+@dataclass
+class Noised:
+    """A batch placed on its noising path: what the model sees and what the losses compare."""
+    t: torch.Tensor                           # (B,) noise level, 1 = clean
+    z: torch.Tensor                           # (B, C, H, W) noisy images
+    y_in: torch.Tensor                        # (B,) labels, the null class where dropped
+    drops: Drops                              # which samples drop their label / semantics
+    t_f: Optional[torch.Tensor] = None        # (B,) the semantic stream's clock
+    z_f: Optional[torch.Tensor] = None        # (B, N, C_s) noisy semantic features
 
-    JiT: L = L_pix, with Bernoulli(label_drop_prob) label dropout. Co-denoising (``semantic`` =
-    clean calibrated features (B, N, C)): the model's CFG definition (``model.unconditional``)
-    draws which samples lose the label and which the semantic pathway (V-Co: one draw for both);
-    both streams are noised at the same t (the semantic stream at ``semantic_time(t)``, t itself
-    unless calibrated by a time shift) with their own noise; L = L_pix + w_d L_sem + w_a L_aux,
-    where L_sem averages only over the samples that kept their semantics. Random draws in the
-    official order: drops, t, pixel noise, semantic noise. Returns the total "loss" and each
-    term (detached).
-    """
-    b, dev = x.shape[0], x.device
-    rng = as_stream(generator, dev)
-    net = getattr(model, "module", model)              # the model itself under DDP
-    if semantic is None:
-        drop = rng.rand(b) < cfg.label_drop_prob
-    else:
-        drops = net.unconditional.draw(b, cfg, rng, dev)
-        drop = drops.label
-    t = sample_t(b, cfg, rng, dev)
+
+def noise_batch(x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, drops: Drops,
+                cfg: DiffusionConfig, num_classes: int, rng, semantic_time=SameTime()) -> Noised:
+    """Noise clean images x (B, C, H, W) and, for co-denoising, clean semantic features f
+    (B, N, C_s) at one shared t ~ logit-normal, each with its own Gaussian noise; null the labels
+    of the label-dropped samples. ``drops`` were drawn first from ``rng``; the draws follow in the
+    official order: t, pixel noise, semantic noise."""
+    b = x.shape[0]
+    t = sample_t(b, cfg, rng, x.device)
     z = add_noise(x, t, rng.randn(x.shape, x.dtype), cfg.noise_scale)
-    y_in = drop_labels(y, drop, num_classes)
-    if semantic is None:
-        x_pred, _ = model(z, t, y_in)
-        pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
-        return {"loss": pix, "pix": pix.detach()}
-    t_f = semantic_time(t)
-    eps_f = rng.randn(semantic.shape, semantic.dtype)
-    z_f = add_noise(semantic, t_f, eps_f, cfg.noise_scale)
-    # Dropped samples last: the mask-free attention then needs two SDPA calls per block, not one
-    # per run of samples. Every loss term is a mean (per class for the auxiliary losses), so the
-    # order changes nothing but the summation order.
-    if bool(drops.semantic.any()):
-        order = torch.argsort(drops.semantic.to(torch.int8), stable=True)
-        x, y, y_in, t, t_f, z, z_f, semantic = (a[order] for a in (x, y, y_in, t, t_f, z, z_f, semantic))
-        drops = type(drops)(drops.label[order], drops.semantic[order])
-    tap = getattr(aux, "tap_block", None)              # REPA reads a backbone block's tokens
-    with net.tapping(tap) if tap is not None else nullcontext({}) as tapped:
-        x_pred, f_pred = model(z, t, y_in, z_f, drop=drops.semantic)
-    pix = v_loss(x_pred, x, z, t, cfg.t_eps).mean()
-    sem = masked_mean(v_loss(f_pred, semantic, z_f, t_f, cfg.t_eps), ~drops.semantic)
-    loss = pix + semantic_weight * sem
-    terms = {"pix": pix.detach(), "sem": sem.detach()}
-    if aux is not None:
-        # the auxiliary loss sees the true labels, dropped samples included (official grouping)
-        aux_value = aux(x_pred.float(), x, y, semantic=semantic, hidden=tapped.get("hidden"))
-        loss = loss + aux_weight * aux_value
-        terms["aux"] = aux_value.detach()
-    return {"loss": loss, **terms}
+    noised = Noised(t, z, drop_labels(y, drops.label, num_classes), drops)
+    if f is not None:
+        noised.t_f = semantic_time(t)
+        noised.z_f = add_noise(f, noised.t_f, rng.randn(f.shape, f.dtype), cfg.noise_scale)
+    return noised

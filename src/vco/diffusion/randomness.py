@@ -4,6 +4,7 @@
 sample's position in the step's global batch). A sample's flip, dropout draws, t and noise are then
 the same whether the global batch runs on one process or is split over ranks and micro-batches,
 so an 8-GPU run equals a 1-GPU run with gradient accumulation, and resuming needs no RNG state.
+``noise_seed(seed, index)`` seeds the initial noise of generated sample ``index`` with the same mixing.
 ``SharedStream`` draws a whole batch from one torch.Generator (tests, simple uses).
 Both offer ``rand(n)`` (uniform, (n,)) and ``randn(shape)`` (normal, leading dim = batch).
 """
@@ -49,7 +50,17 @@ class SampleStreams:
 
 
 def sample_seed(seed: int, step: int, position: int) -> int:
+    """The generator seed of one training sample (``position`` in the global batch of ``step``)."""
     return (seed * _MIX[0] + step * _MIX[1] + position) % (2 ** 63 - 1)
+
+
+# Training steps count from 0, so this step value never names a training draw.
+NOISE_STEP = -1
+
+
+def noise_seed(seed: int, index: int) -> int:
+    """The generator seed of the initial noise of generated sample ``index`` (vco.sampling)."""
+    return sample_seed(seed, NOISE_STEP, index)
 
 
 def as_stream(rng, device="cpu"):

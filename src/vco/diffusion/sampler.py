@@ -11,7 +11,7 @@ calibration), and returns the pixel stream.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

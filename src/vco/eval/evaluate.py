@@ -11,7 +11,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..files import atomic_write_text
 from ..sampling import generate, save_grid
+from ..train.distributed import process_rank
 from .inception import IS_UNAVAILABLE_REASON, InceptionFeatures
 from .metrics import frechet_distance, kid, precision_recall, stats
 from .reference import ReferenceStats
@@ -25,11 +27,6 @@ def per_class_labels(num: int, num_classes: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(num // num_classes)
 
 
-def rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
 
 def rank_slice(num: int, rank: int, world: int) -> slice:
     """Contiguous share of ``num`` items for ``rank``; shares differ by at most one."""
@@ -42,7 +39,7 @@ def generate_share(model, cfg, labels: torch.Tensor, seed: int, batch_size: int,
                    progress: bool = True) -> tuple[slice, torch.Tensor]:
     """This rank's samples; every sample's noise depends only on (seed, its index), so the
     result does not depend on how the work is split."""
-    rank, world = rank_world()
+    rank, world = process_rank()
     share = rank_slice(len(labels), rank, world)
     images = generate(model, cfg, labels[share], seed=seed, batch_size=batch_size, device=device,
                       progress=progress and rank == 0, first_index=share.start)
@@ -51,9 +48,12 @@ def generate_share(model, cfg, labels: torch.Tensor, seed: int, batch_size: int,
 
 def gather(array: np.ndarray) -> np.ndarray:
     """Concatenate every rank's array in rank order (identity without torch.distributed)."""
-    rank, world = rank_world()
+    rank, world = process_rank()
     if world == 1:
         return array
+    if not dist.is_initialized():
+        raise RuntimeError(f"launched as rank {rank} of {world} but torch.distributed is not "
+                           f"initialised: call init_process_group before evaluating")
     parts = [None] * world
     dist.all_gather_object(parts, array)
     return np.concatenate(parts)
@@ -79,7 +79,7 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
     share, images = generate_share(model, cfg, labels, settings.seed, settings.batch_size, device)
     gen_s = time.time() - t0
     feats = gather(inception.extract(images, batch_size=settings.batch_size, progress=False))
-    rank, _ = rank_world()
+    rank, _ = process_rank()
     if rank != 0:
         return {}
     mu, sigma = stats(feats)
@@ -102,10 +102,8 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
 
 
 def write_json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    tmp.replace(path)
+    """``obj`` as indented JSON (numpy scalars as floats), written atomically; returns ``path``."""
+    atomic_write_text(path, json.dumps(obj, indent=2, default=float))
     return path
 
 

@@ -96,15 +96,21 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
 
     With ``sigma1 = U diag(l) U^T``, the eigenvalues of ``sigma1 sigma2`` equal those of the PSD
     matrix ``diag(sqrt l) (U^T sigma2 U) diag(sqrt l)``, so the trace is the sum of the square
-    roots of its (clipped) eigenvalues. Eigenvalues of ``sigma1`` below ``D * eps * l_max`` are
-    zeroed, which makes rank-deficient covariances (N < D) exact instead of noisy.
+    roots of its eigenvalues. Eigenvalues below ``D * eps * max`` (of ``sigma1``, and of that
+    product, which inherits ``sigma2``'s null space) are round-off and zeroed, which makes
+    rank-deficient covariances (N < D) exact whichever of the two has the lower rank.
     """
     sigma1, sigma2 = (sigma1 + sigma1.T) / 2, (sigma2 + sigma2.T) / 2
     lam, u = np.linalg.eigh(sigma1)
-    tol = max(lam.max(), 0.0) * sigma1.shape[0] * np.finfo(np.float64).eps
-    root = np.sqrt(np.where(lam > tol, lam, 0.0))
+    root = np.sqrt(_drop_round_off(lam))
     m = (u.T @ sigma2 @ u) * root[:, None] * root[None, :]
-    return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum())
+    return float(np.sqrt(_drop_round_off(np.linalg.eigvalsh(m))).sum())
+
+
+def _drop_round_off(ev: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with those below D * eps * max (round-off, or negative) set to 0."""
+    tol = max(ev.max(), 0.0) * ev.shape[0] * np.finfo(np.float64).eps
+    return np.where(ev > tol, ev, 0.0)
 
 
 def frechet_distance(

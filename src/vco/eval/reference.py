@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data import IMAGE_EXTENSIONS
 from .metrics import stats
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 _FEATS_KEYS = ("feats", "features")
 _IMAGE_KEYS = ("arr_0", "images")
 _EXTRA_KEYS = ("mu_s", "sigma_s")
@@ -131,7 +131,7 @@ def _to_nchw_uint8(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Image files (png/jpg/jpeg/webp, any case) under ``folder``, recursively, sorted."""
+    """Image files (vco.data.IMAGE_EXTENSIONS, any case) under ``folder``, recursively, sorted."""
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
@@ -168,7 +168,7 @@ def _load_npz_images(path: Path) -> np.ndarray:
 
 
 def load_images_source(path: str | os.PathLike) -> np.ndarray:
-    """Images from a folder (recursive png/jpg/jpeg/webp, one common size) or an ``.npz``
+    """Images from a folder (recursive, vco.data.IMAGE_EXTENSIONS, one common size) or an ``.npz``
     (uint8 under ``arr_0`` or ``images``, NHWC or NCHW) -> uint8 ``(N, 3, H, W)``."""
     path = Path(path)
     if path.is_dir():

@@ -1,32 +1,66 @@
-"""Auxiliary losses on the predicted clean image (V-Co Table 3), chosen by ``semantic.aux_loss``.
+"""The loss terms of the training objective, chosen by name.
 
-Each is a module called as ``loss(x_pred, x, labels, semantic=..., hidden=...)`` that uses what it
-needs; ``tap_block`` names the backbone block whose pixel tokens it reads (REPA) and
-``default_weight`` is the paper's coefficient (used unless ``semantic.aux_weight`` is set).
+Every run has the pixel v-loss; a co-denoising run adds the semantic v-loss (weight
+``semantic.loss_weight``) and the auxiliary loss named by ``semantic.aux_loss`` (V-Co Table 3),
+with that loss's own options (``--set aux_loss.gate_tau=5``). A term declares the step tensors it
+reads (vco.losses.base); adding one is its file plus a line in ``AUX_LOSSES``.
 """
 from __future__ import annotations
 
+from ..components import ConfigError, component_dict, component_options, component_spec
+from ..config import Config
+from .base import BuildContext, LossTerm, StepTensors, WeightOnly
 from .drifting import DriftingLoss
-from .hybrid import HybridLoss, drift_field, drifting_regression_loss, hybrid_loss_from_features
+from .hybrid import HybridLoss, hybrid_field, hybrid_loss_from_features, hybrid_regression_loss
 from .perceptual import PerceptualLoss
 from .repa import RepaLoss
+from .velocity import PixelVLoss, SemanticVLoss
 
-AUX_LOSSES = {
-    "hybrid": lambda cfg, encoder: HybridLoss(encoder, cfg.semantic.gate_tau, cfg.semantic.repulsion_tau),
-    "repa": lambda cfg, encoder: RepaLoss(cfg.model.hidden_size, cfg.model.semantic_dim),
-    "perceptual": lambda cfg, encoder: PerceptualLoss(encoder),
-    "drifting": lambda cfg, encoder: DriftingLoss(encoder),
-    "none": lambda cfg, encoder: None,
+# semantic.aux_loss name -> term ("none": no auxiliary loss)
+AUX_LOSSES: dict[str, type[LossTerm] | None] = {
+    "hybrid": HybridLoss,
+    "repa": RepaLoss,
+    "perceptual": PerceptualLoss,
+    "drifting": DriftingLoss,
+    "none": None,
 }
 
 
-def build_aux_loss(cfg, encoder):
-    """The auxiliary loss named by ``cfg.semantic.aux_loss`` (None for 'none')."""
-    name = cfg.semantic.aux_loss
+def aux_loss_class(cfg: Config) -> type[LossTerm] | None:
+    name = component_spec(cfg.semantic.aux_loss, "semantic.aux_loss").get("name", "hybrid")
     if name not in AUX_LOSSES:
-        raise ValueError(f"unknown semantic.aux_loss '{name}'; choose one of {', '.join(AUX_LOSSES)}")
-    return AUX_LOSSES[name](cfg, encoder)
+        raise ConfigError(f"unknown semantic.aux_loss '{name}'; choose one of {', '.join(AUX_LOSSES)}")
+    return AUX_LOSSES[name]
 
 
-__all__ = ["AUX_LOSSES", "build_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss", "DriftingLoss",
-           "drift_field", "drifting_regression_loss", "hybrid_loss_from_features"]
+def aux_loss_options(cfg: Config):
+    """The options dataclass of the configured auxiliary loss (defaults filled in), or None."""
+    cls = aux_loss_class(cfg)
+    return None if cls is None else component_options(cls.Options, cfg.semantic.aux_loss,
+                                                      "semantic.aux_loss")
+
+
+def resolved_aux_loss(cfg: Config) -> dict:
+    """semantic.aux_loss with every option of its loss spelled out (what config.yaml records)."""
+    options = aux_loss_options(cfg)
+    name = component_spec(cfg.semantic.aux_loss, "semantic.aux_loss").get("name", "hybrid")
+    return {"name": name} if options is None else component_dict(name, options)
+
+
+def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
+    """The objective's terms by slot: "pix" always; "sem" and "aux" for co-denoising models."""
+    context = BuildContext(cfg.model, cfg.diffusion, encoder)
+    terms: dict[str, LossTerm] = {"pix": PixelVLoss(WeightOnly(1.0), context)}
+    if not cfg.model.co_denoising:
+        return terms
+    terms["sem"] = SemanticVLoss(WeightOnly(cfg.semantic.loss_weight), context)
+    cls = aux_loss_class(cfg)
+    if cls is not None:
+        terms["aux"] = cls(aux_loss_options(cfg), context)
+    return terms
+
+
+__all__ = ["AUX_LOSSES", "BuildContext", "LossTerm", "StepTensors", "build_loss_terms",
+           "aux_loss_options", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
+           "DriftingLoss", "PixelVLoss", "SemanticVLoss", "hybrid_field", "hybrid_regression_loss",
+           "hybrid_loss_from_features"]

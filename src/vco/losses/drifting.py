@@ -28,11 +28,13 @@ is float32 and no_grad except the final regression.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from .base import BuildContext, LossTerm
 
 DEFAULT_TEMPERATURES = (0.05, 0.125, 0.5)
 
@@ -121,22 +123,30 @@ def drifting_loss_from_features(g: torch.Tensor, p: torch.Tensor, labels: torch.
     return torch.stack(losses).mean()
 
 
-class DriftingLoss(nn.Module):
+@dataclass
+class DriftingOptions:
+    weight: float = 0.01
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+
+
+class DriftingLoss(LossTerm):
     """The drifting loss in a frozen encoder's pooled feature space (gradients flow through the encoder
     into x_pred; the encoder's weights stay frozen)."""
-    tap_block = None
-    default_weight = 0.01
+    inputs = ("x_pred", "x", "y")
+    Options = DriftingOptions
+    uses_encoder = True
 
-    def __init__(self, encoder, temperatures: Sequence[float] = DEFAULT_TEMPERATURES):
-        super().__init__()
+    def __init__(self, options: DriftingOptions, context: BuildContext):
+        super().__init__(options, context)
+        temperatures = options.temperatures
         if not temperatures or any(t <= 0 for t in temperatures):
             raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
-        self.encoder, self.temperatures = encoder, tuple(float(t) for t in temperatures)
+        self.encoder = self.needs_encoder(context)
+        self.temperatures = tuple(float(t) for t in temperatures)
 
-    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, *,
-                semantic: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, labels (B,); semantic, hidden unused."""
-        g = self.encoder.pooled_features(x_pred)  # (B, C)
+    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels."""
+        g = self.encoder.pooled_features(x_pred.float())  # (B, C)
         with torch.no_grad():
             p = self.encoder.pooled_features(x)
-        return drifting_loss_from_features(g, p, labels, self.temperatures)
+        return drifting_loss_from_features(g, p, y, self.temperatures)

@@ -14,11 +14,15 @@ with attraction only for a class with a single sample; the class losses are aver
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
+from .base import BuildContext, LossTerm
 
-def drift_field(g: torch.Tensor, p: torch.Tensor, gate_tau: float = 10.0,
+
+def hybrid_field(g: torch.Tensor, p: torch.Tensor, gate_tau: float = 10.0,
                 repulsion_tau: float = 0.2) -> torch.Tensor:
     """V for one class: g, p (N, C) unit-norm features -> (N, C)."""
     s = torch.exp(-(g - p).pow(2).sum(-1) / gate_tau)                          # (N,)
@@ -31,7 +35,7 @@ def drift_field(g: torch.Tensor, p: torch.Tensor, gate_tau: float = 10.0,
     return field
 
 
-def drifting_regression_loss(g: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
+def hybrid_regression_loss(g: torch.Tensor, p: torch.Tensor, labels: torch.Tensor,
                              gate_tau: float = 10.0, repulsion_tau: float = 0.2) -> torch.Tensor:
     """Mean over the classes present of MSE(g_c, stopgrad(g_c + V_c)); g, p unit-norm (B, C)."""
     losses = []
@@ -39,7 +43,7 @@ def drifting_regression_loss(g: torch.Tensor, p: torch.Tensor, labels: torch.Ten
         idx = (labels == c).nonzero(as_tuple=True)[0]
         gc = g[idx]
         with torch.no_grad():
-            target = gc + drift_field(gc, p[idx], gate_tau, repulsion_tau)
+            target = gc + hybrid_field(gc, p[idx], gate_tau, repulsion_tau)
         losses.append(F.mse_loss(gc, target))
     return torch.stack(losses).mean()
 
@@ -49,21 +53,30 @@ def hybrid_loss_from_features(g: torch.Tensor, p: torch.Tensor, labels: torch.Te
     """g: (B, C) generated features (grad), p: (B, C) real features; L2-normalised in fp32 here."""
     g = F.normalize(g.float(), dim=-1, eps=1e-12)
     p = F.normalize(p.float(), dim=-1, eps=1e-12).detach()
-    return drifting_regression_loss(g, p, labels, gate_tau, repulsion_tau)
+    return hybrid_regression_loss(g, p, labels, gate_tau, repulsion_tau)
 
 
-class HybridLoss(torch.nn.Module):
-    """Applies the hybrid loss in a frozen encoder's pooled feature space (gradients flow through
-    the encoder into x_pred; the encoder's own weights stay frozen)."""
-    tap_block = None
-    default_weight = 10.0
+@dataclass
+class HybridOptions:
+    weight: float = 10.0              # the paper's coefficient (drifting_v3_loss_coef)
+    gate_tau: float = 10.0            # attraction gate temperature tau_g
+    repulsion_tau: float = 0.2        # repulsion kernel temperature tau_r
 
-    def __init__(self, encoder, gate_tau: float = 10.0, repulsion_tau: float = 0.2):
-        super().__init__()
-        self.encoder, self.gate_tau, self.repulsion_tau = encoder, gate_tau, repulsion_tau
 
-    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, **unused) -> torch.Tensor:
-        g = self.encoder.pooled_features(x_pred)
+class HybridLoss(LossTerm):
+    """The hybrid loss in a frozen encoder's pooled feature space (gradients flow through the
+    encoder into x_pred; the encoder's own weights stay frozen)."""
+    inputs = ("x_pred", "x", "y")
+    Options = HybridOptions
+    uses_encoder = True
+
+    def __init__(self, options: HybridOptions, context: BuildContext):
+        super().__init__(options, context)
+        self.encoder = self.needs_encoder(context)
+
+    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels."""
+        g = self.encoder.pooled_features(x_pred.float())
         with torch.no_grad():
             p = self.encoder.pooled_features(x)
-        return hybrid_loss_from_features(g, p, labels, self.gate_tau, self.repulsion_tau)
+        return hybrid_loss_from_features(g, p, y, self.options.gate_tau, self.options.repulsion_tau)

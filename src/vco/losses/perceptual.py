@@ -9,9 +9,12 @@ receive any. The official "low-similarity gate" (threshold 1.0) keeps every samp
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+
+from .base import BuildContext, LossTerm
 
 
 def perceptual_loss_from_features(f_pred: torch.Tensor, f_real: torch.Tensor) -> torch.Tensor:
@@ -21,19 +24,24 @@ def perceptual_loss_from_features(f_pred: torch.Tensor, f_real: torch.Tensor) ->
     return (1 - (a * b).sum(-1)).mean(-1).mean()
 
 
-class PerceptualLoss(nn.Module):
+@dataclass
+class PerceptualOptions:
+    weight: float = 0.01              # the official --aux_dinov2_loss coefficient
+
+
+class PerceptualLoss(LossTerm):
     """1 - cos between the encoder's patch tokens of the predicted and the real clean image."""
-    tap_block = None
-    default_weight = 0.01
+    inputs = ("x_pred", "x")
+    Options = PerceptualOptions
+    uses_encoder = True
 
-    def __init__(self, encoder):
-        super().__init__()
-        self.encoder = encoder
+    def __init__(self, options: PerceptualOptions, context: BuildContext):
+        super().__init__(options, context)
+        self.encoder = self.needs_encoder(context)
 
-    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, *,
-                semantic: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, in [-1, 1]; labels, semantic, hidden unused."""
-        f_pred = self.encoder.perceptual_features(x_pred)  # (B, N, C), with grad to x_pred
+    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, in [-1, 1]."""
+        f_pred = self.encoder.perceptual_features(x_pred.float())  # (B, N, C), with grad to x_pred
         with torch.no_grad():
             f_real = self.encoder.perceptual_features(x)
         return perceptual_loss_from_features(f_pred, f_real)

@@ -12,9 +12,13 @@ The target is stop-grad; the gradient reaches the projector and, through h, the 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .base import BuildContext, LossTerm
 
 
 def build_projector(hidden_size: int, feature_dim: int, projector_dim: int = 2048) -> nn.Sequential:
@@ -33,35 +37,42 @@ def negative_cosine(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return -(z * y).sum(-1).mean(-1).mean()
 
 
-class RepaLoss(nn.Module):
+@dataclass
+class RepaOptions:
+    weight: float = 0.1               # table3_vco_repa.sh
+    tap_block: int = 4                # 0-based block whose pixel tokens are aligned
+    projector_dim: int = 2048         # width of the projector MLP
+
+
+class RepaLoss(LossTerm):
     """Negative cosine between projected pixel-stream hidden tokens and the semantic target features."""
-    tap_block: int | None = 4
-    default_weight = 0.1
+    inputs = ("hidden", "f")
+    Options = RepaOptions
 
-    def __init__(self, hidden_size: int, feature_dim: int, projector_dim: int = 2048, tap_block: int = 4):
-        super().__init__()
-        if tap_block < 0:
-            raise ValueError(f"tap_block is a 0-based block index, got {tap_block}")
-        self.hidden_size, self.feature_dim, self.tap_block = hidden_size, feature_dim, tap_block
-        self.projector = build_projector(hidden_size, feature_dim, projector_dim)
+    def __init__(self, options: RepaOptions, context: BuildContext):
+        super().__init__(options, context)
+        if options.tap_block < 0:
+            raise ValueError(f"aux_loss.tap_block is a 0-based block index, got {options.tap_block}")
+        if options.tap_block >= context.model.depth:
+            raise ValueError(f"aux_loss.tap_block={options.tap_block} but the model has "
+                             f"{context.model.depth} blocks")
+        self.hidden_size, self.feature_dim = context.model.hidden_size, context.model.semantic_dim
+        self.projector = build_projector(self.hidden_size, self.feature_dim, options.projector_dim)
 
-    def forward(self, x_pred: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, *,
-                semantic: torch.Tensor | None = None, hidden: torch.Tensor | None = None) -> torch.Tensor:
-        """hidden (B, N, hidden_size) tapped pixel tokens, semantic (B, N, feature_dim) clean targets."""
-        if hidden is None or semantic is None:
+    @property
+    def tap_block(self) -> int:
+        return self.options.tap_block
+
+    def forward(self, *, hidden: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """hidden (B, N, hidden_size) tapped pixel tokens, f (B, N, feature_dim) clean targets."""
+        if hidden.ndim != 3 or f.ndim != 3 or hidden.shape[:2] != f.shape[:2]:
             raise ValueError(
-                "RepaLoss needs hidden= (the pixel tokens after block tap_block) and semantic= (the clean "
-                f"semantic target features); got hidden={'None' if hidden is None else 'a tensor'}, "
-                f"semantic={'None' if semantic is None else 'a tensor'}"
-            )
-        if hidden.ndim != 3 or semantic.ndim != 3 or hidden.shape[:2] != semantic.shape[:2]:
-            raise ValueError(
-                f"hidden {tuple(hidden.shape)} and semantic {tuple(semantic.shape)} must be (B, N, .) with the "
+                f"hidden {tuple(hidden.shape)} and f {tuple(f.shape)} must be (B, N, .) with the "
                 "same batch and token count; exclude the in-context tokens from hidden"
             )
-        if hidden.shape[-1] != self.hidden_size or semantic.shape[-1] != self.feature_dim:
+        if hidden.shape[-1] != self.hidden_size or f.shape[-1] != self.feature_dim:
             raise ValueError(
                 f"RepaLoss was built for hidden size {self.hidden_size} and feature dim {self.feature_dim}, got "
-                f"hidden {tuple(hidden.shape)} and semantic {tuple(semantic.shape)}"
+                f"hidden {tuple(hidden.shape)} and f {tuple(f.shape)}"
             )
-        return negative_cosine(self.projector(hidden), semantic)
+        return negative_cosine(self.projector(hidden), f)

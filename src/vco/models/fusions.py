@@ -33,6 +33,14 @@ class Fusion(nn.Module):
     def __init__(self, hidden: int):
         super().__init__()
 
+    def merge(self, pixel: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
+        """The embedded streams (B, N, H) each -> the trunk's input sequence."""
+        raise NotImplementedError
+
+    def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trunk's output -> (pixel, semantic) sequences for the per-stream blocks."""
+        raise NotImplementedError
+
     def add_context(self, h, ctx):
         """Prepend the in-context tokens ctx (B, L, H) to the trunk sequence."""
         return torch.cat([ctx, h], dim=1)

@@ -10,6 +10,7 @@ from ..config import ModelConfig
 from ..nn.attention import JiTBlock, Rope2D
 from ..nn.layers import (BottleneckPatchEmbed, FinalLayer, LabelEmbedder, TimestepEmbedder,
                          init_jit_weights, sincos_pos_embed_2d, unpatchify)
+from .unconditional import LabelDropout
 
 
 def in_context_tokens(y_emb: torch.Tensor, posemb: torch.Tensor) -> torch.Tensor:
@@ -81,7 +82,8 @@ class PixelDiffusionTransformer(nn.Module):
 
 
 class JiT(PixelDiffusionTransformer):
-    """forward(x_t, t, y) -> (x_pred, None); x_t: (B, C, H, W) noisy image, t: (B,), y: (B,)."""
+    """forward(x_t, t, y) -> (x_pred, None); x_t: (B, C, H, W) noisy image, t: (B,), y: (B,).
+    The semantic arguments of the co-denoising models' signature (f, drop) are ignored."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -89,9 +91,10 @@ class JiT(PixelDiffusionTransformer):
         self.blocks = nn.ModuleList([JiTBlock(h, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
                                      for i in range(cfg.depth)])
         self.final_layer = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
+        self.unconditional = LabelDropout()
         init_jit_weights(self)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, sem=None, drop=None):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, f=None, drop=None):
         cfg = self.cfg
         y_emb = self.y_embedder(y)                          # (B, H)
         c = self.t_embedder(t) + y_emb                      # (B, H) shared conditioning

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from ..diffusion.guidance import build_unconditional
+from .unconditional import build_unconditional
 from ..nn.dual_stream import DualStreamBlock
 from ..nn.layers import FinalLayer, init_jit_weights, unpatchify
 from .jit import PixelDiffusionTransformer, in_context_tokens

@@ -3,7 +3,7 @@
 Each stream (pixels, semantic features) has its own norms, adaLN, qkv, q/k norms, output
 projection and MLP; the only interaction is one attention over the concatenated sequence
 [pixel tokens ; semantic tokens], in every block. Which pathways an unconditional sample loses
-is the structural mask the model's CFG definition gives (vco.diffusion.guidance), applied
+is the structural mask the model's CFG definition gives (vco.models.unconditional), applied
 without a dense mask.
 """
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Backbone building blocks of JiT (Li & He 2025): norms, MLP, embedders, position codes, head.
 
-Numerical conventions follow the released JiT/V-Co code (see shared/spec/official-layout.md),
-so that released weights run unchanged: raw t in [0, 1] with cos-first frequencies, sin-first
-2-D position embedding with the column in the first half, (c, kh, kw) patch order at the input
-and (kh, kw, c) at the output, adaLN chunks (shift, scale, gate) x (attention, MLP).
+Numerical conventions follow the released JiT/V-Co code, so that released weights run unchanged
+(tests/test_interop.py checks them; "What is verified" in docs/official-checkpoints.md): raw t in
+[0, 1] with cos-first frequencies, sin-first 2-D position embedding with the column in the first
+half, (c, kh, kw) patch order at the input and (kh, kw, c) at the output, adaLN chunks
+(shift, scale, gate) x (attention, MLP).
 """
 from __future__ import annotations
 
@@ -137,7 +138,7 @@ def sincos_pos_embed_2d(hidden: int, grid: int) -> torch.Tensor:
 
 def init_jit_weights(model: nn.Module) -> None:
     """JiT initialisation: Xavier-uniform linears (zero bias), patch convs as linears,
-    N(0, 0.02) label table and t-MLP, zero adaLN and output layers (done by the caller)."""
+    N(0, 0.02) label table and t-MLP, zero adaLN modulation and final layer (all done here)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.xavier_uniform_(m.weight)

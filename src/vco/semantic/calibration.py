@@ -1,7 +1,7 @@
 """Calibrating semantic features against pixels: RAE variance normalisation and RMS rescaling.
 
 V-Co noises the semantic stream with the same t and unit-variance noise as the pixels, so both streams
-only see the same signal-to-noise ratio if their signals have the same scale (vco-recipe.md section 5):
+only see the same signal-to-noise ratio if their signals have the same scale:
 
     normalize(f) = (f - mean) / sqrt(var + eps) * scale       (mean is None in V-Co: no subtraction)
 
@@ -19,13 +19,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 
+from ..files import atomic_write
+from ..components import ConfigError, component_dict, component_options, component_spec
 from ..diffusion.flow import SameTime
-
-PAPER_DINOV2_B_SCALE = 0.485  # "Empirically calculated" in the official code, DINOv2-B-reg + RAE stats
 FORMAT = "vco.feature_stats.v1"
 
 
@@ -197,10 +197,7 @@ def save_stats(stats: FeatureStats, path: str | os.PathLike) -> None:
         "pixel_rms": json.dumps(stats.pixel_rms),
         "feature_rms": json.dumps(stats.feature_rms),
     }
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
 def _load_ours(path: Path) -> FeatureStats:
@@ -255,7 +252,9 @@ def load_stats(path: str | os.PathLike, scale: float | None = None) -> FeatureSt
 
 # --------------------------------------------------------------------------- Table 4
 # How the measured RMS ratio s = RMS(pixels) / RMS(normalised features) is used to give both
-# streams the same signal-to-noise ratio (config ``semantic.calibration``).
+# streams the same signal-to-noise ratio (config ``semantic.calibration``, a component: a name and
+# its options). Each calibration answers two questions: by what the features are multiplied, and
+# at which noise level (clock) the semantic stream runs.
 
 class ShiftedTime:
     """t' = a t / (1 + (a - 1) t): the noise level at which unscaled features have the SNR that
@@ -268,44 +267,90 @@ class ShiftedTime:
         return self.alpha * t / (1 + (self.alpha - 1) * t)
 
 
-class RMSScaling:
-    """V-Co's choice: features multiplied by s; the semantic stream is noised at t."""
+@dataclass
+class NoOptions:
+    pass
 
-    def __init__(self, ratio: float):
-        self.ratio = ratio
+
+@dataclass
+class TimeShiftOptions:
+    alpha: Optional[float] = None     # the shift's a; None: the measured RMS ratio s
+
+
+class Calibration:
+    """Base: features multiplied by ``feature_scale()``, semantic stream on ``stream_time()``."""
+    Options = NoOptions
+
+    def __init__(self, ratio: float, options=None):
+        self.ratio = float(ratio)
+        self.options = options if options is not None else self.Options()
 
     def feature_scale(self) -> float:
-        return self.ratio
+        raise NotImplementedError
 
     def stream_time(self):
         return SameTime()
 
+    def clock_needs_ratio(self) -> bool:
+        """Whether the sampler needs the measured ratio to rebuild this calibration's clock."""
+        return False
 
-class NoCalibration(RMSScaling):
+
+class RMSScaling(Calibration):
+    """V-Co's choice: features multiplied by s; the semantic stream is noised at t."""
+
+    def feature_scale(self) -> float:
+        return self.ratio
+
+
+class NoCalibration(Calibration):
     """Features only variance-normalised (scale 1), noised at t: mismatched SNR."""
 
     def feature_scale(self) -> float:
         return 1.0
 
 
-class TimeShift(RMSScaling):
-    """Features unscaled; the semantic stream is noised at t' = ShiftedTime(s)(t), in training
-    (input, target and predicted velocity alike) and in sampling."""
+class TimeShift(Calibration):
+    """Features unscaled; the semantic stream is noised at t' = ShiftedTime(alpha)(t), in training
+    (input, target and predicted velocity alike) and in sampling. alpha defaults to s."""
+    Options = TimeShiftOptions
 
     def feature_scale(self) -> float:
         return 1.0
 
     def stream_time(self):
-        return ShiftedTime(self.ratio)
+        alpha = self.options.alpha if self.options.alpha is not None else self.ratio
+        return ShiftedTime(alpha)
+
+    def clock_needs_ratio(self) -> bool:
+        return self.options.alpha is None
 
 
 CALIBRATIONS = {"rms": RMSScaling, "none": NoCalibration, "time_shift": TimeShift}
 
 
-def build_calibration(name: str, ratio: float | None) -> RMSScaling:
+def calibration_class(spec) -> type[Calibration]:
+    name = component_spec(spec, "semantic.calibration").get("name", "rms")
     if name not in CALIBRATIONS:
-        raise ValueError(f"unknown semantic.calibration '{name}'; choose one of {', '.join(CALIBRATIONS)}")
+        raise ConfigError(f"unknown semantic.calibration '{name}'; choose one of {', '.join(CALIBRATIONS)}")
+    return CALIBRATIONS[name]
+
+
+def resolved_calibration(spec) -> dict:
+    """semantic.calibration with every option of its calibration spelled out."""
+    cls = calibration_class(spec)
+    options = component_options(cls.Options, component_spec(spec, "semantic.calibration"),
+                                "semantic.calibration")
+    return component_dict(component_spec(spec, "semantic.calibration").get("name", "rms"), options)
+
+
+def build_calibration(spec, ratio: float | None) -> Calibration:
+    """The calibration ``spec`` names (a name or {name, options}) for the measured ratio s."""
+    cls = calibration_class(spec)
+    name = component_spec(spec, "semantic.calibration").get("name", "rms")
     if ratio is None or not ratio > 0:
         raise ValueError(f"semantic.calibration={name} needs the RMS ratio semantic.scale > 0 "
                          f"(measured by `vco stats` or at the start of training), got {ratio}")
-    return CALIBRATIONS[name](float(ratio))
+    options = component_options(cls.Options, component_spec(spec, "semantic.calibration"),
+                                "semantic.calibration")
+    return cls(float(ratio), options)

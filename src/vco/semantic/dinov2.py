@@ -1,9 +1,9 @@
 """DINOv2-with-registers (HF transformers) in the two roles the official V-Co code gives it.
 
-* patch_features: the co-denoising target (RAE style, shared/spec/official-layout.md section 3.3):
+* patch_features: the co-denoising target (RAE style, as the official V-Co code computes it):
   [-1, 1] -> [0, 1] -> bicubic resize to grid * patch (224 for grid 16, patch 14) -> ImageNet mean/std ->
   transformer -> final LayerNorm *without* its affine -> drop CLS + register tokens -> (B, grid^2, hidden).
-* pooled_features: the hybrid-loss feature (section 3.4): bilinear resize -> [0, 1] -> ImageNet mean/std ->
+* pooled_features: the official hybrid-loss feature: bilinear resize -> [0, 1] -> ImageNet mean/std ->
   transformer -> final LayerNorm *with* its affine -> CLS token, float32.
 * perceptual_features: the perceptual-loss feature (`--aux_dinov2_loss`), the same pipeline as
   pooled_features but keeping the patch tokens instead of CLS: (B, grid^2, hidden), float32.
@@ -30,7 +30,7 @@ from .base import SemanticEncoder, check_images, imagenet_normalize, resize
 DEFAULT_DINOV2 = "facebook/dinov2-with-registers-base"
 
 # transformers 4.x attention names -> 5.x names (only these differ between the two versions).
-_V4_TO_V5 = {
+V4_TO_V5 = {
     "attention.attention.query.": "attention.q_proj.",
     "attention.attention.key.": "attention.k_proj.",
     "attention.attention.value.": "attention.v_proj.",
@@ -40,7 +40,7 @@ _V4_TO_V5 = {
 _OPTIONAL_KEYS = ("layernorm.weight", "layernorm.bias")
 
 
-def _transformers():
+def import_transformers():
     try:
         import transformers
     except ImportError as err:  # pragma: no cover - exercised only without transformers
@@ -57,7 +57,7 @@ def dinov2_base_config():
     Needed to rebuild the frozen encoders stored inside official V-Co checkpoints (their 37 x 37 position
     table comes from image_size 518 / patch 14).
     """
-    return _transformers().Dinov2WithRegistersConfig(
+    return import_transformers().Dinov2WithRegistersConfig(
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, patch_size=14,
         image_size=518, num_register_tokens=4, layer_norm_eps=1e-6,
     )
@@ -70,7 +70,7 @@ def rename_dinov2_keys(state_dict: Mapping[str, torch.Tensor], expected_keys) ->
     future rename is caught by the strict key check of the caller rather than silently mis-mapped.
     """
     wants_v5 = any(".attention.q_proj." in k for k in expected_keys)
-    mapping = _V4_TO_V5 if wants_v5 else {v: k for k, v in _V4_TO_V5.items()}
+    mapping = V4_TO_V5 if wants_v5 else {v: k for k, v in V4_TO_V5.items()}
     renamed = {}
     for key, value in state_dict.items():
         for old, new in mapping.items():
@@ -87,7 +87,7 @@ def dinov2_from_state_dict(state_dict: Mapping[str, torch.Tensor], config, prefi
     A missing `layernorm.weight/bias` (the official semantic copy) leaves the identity affine (1, 0), which
     is exactly the no-affine normalisation; every other key must be present and match.
     """
-    model = _transformers().Dinov2WithRegistersModel(config)
+    model = import_transformers().Dinov2WithRegistersModel(config)
     if prefix:
         state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if not state_dict:
@@ -128,13 +128,13 @@ class DINOv2Encoder(SemanticEncoder):
     @classmethod
     def from_pretrained(cls, path: str = DEFAULT_DINOV2, grid: int = 16) -> "DINOv2Encoder":
         """path: a local folder saved with save_pretrained, or a hub id (needs the network or HF cache)."""
-        model = _transformers().Dinov2WithRegistersModel.from_pretrained(path)
+        model = import_transformers().Dinov2WithRegistersModel.from_pretrained(path)
         return cls(model, grid, name=f"dinov2[{path}]")
 
     @classmethod
     def from_config(cls, config, grid: int) -> "DINOv2Encoder":
         """Randomly initialised model from a `Dinov2WithRegistersConfig` (tests, shape checks)."""
-        return cls(_transformers().Dinov2WithRegistersModel(config), grid, name="dinov2[random]")
+        return cls(import_transformers().Dinov2WithRegistersModel(config), grid, name="dinov2[random]")
 
     def _prenorm_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
         """ImageNet-normalised pixels -> hidden state before the final LayerNorm, (B, 1 + R + grid^2, hidden)."""

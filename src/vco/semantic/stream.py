@@ -1,5 +1,5 @@
-"""The semantic stream of a training run: frozen encoder -> calibrated clean targets, and the
-auxiliary loss (Table 3) in the same encoder's feature space."""
+"""The semantic targets of a training run: frozen encoder (or feature cache) -> variance
+normalisation -> calibration (Table 4) -> clean features f (B, N, C_s) for the co-denoising stream."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from ..config import Config, ConfigError
+from ..data import to_model_range
 from ..diffusion.flow import SameTime
-from ..losses import build_aux_loss
 from . import (FeatureCache, build_calibration, build_encoder, build_feature_cache, compute_stats,
                dataset_fingerprint, load_stats, save_stats)
 
@@ -19,8 +19,13 @@ STATS_NAME = "semantic_stats.safetensors"
 def encoder_from_config(cfg: Config):
     """The frozen encoder named by ``cfg.semantic``, on the pixel token grid of ``cfg.model``."""
     sc, mc = cfg.semantic, cfg.model
-    kw = {"path": sc.encoder_path} if sc.encoder == "dinov2" and sc.encoder_path else {}
-    return build_encoder(sc.encoder, mc.image_size // mc.patch_size, **kw)
+    try:
+        return build_encoder(sc.encoder, mc.image_size // mc.patch_size, path=sc.encoder_path)
+    except OSError as e:              # missing files, or a hub that cannot be reached offline
+        where = sc.encoder_path or "its default weights"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"semantic.encoder={sc.encoder}: cannot load {where} ({first}). Put the "
+                          f"weights in a local folder and pass --set semantic.encoder_path=FOLDER") from None
 
 
 def dataset_stats(encoder, dataset, num: int, scale: float | None, device):
@@ -28,13 +33,20 @@ def dataset_stats(encoder, dataset, num: int, scale: float | None, device):
     (as training sees them)."""
     n = min(num, len(dataset))
     idx = torch.linspace(0, len(dataset) - 1, n).long().tolist()
-    batches = (torch.stack([dataset[i][0] for i in idx[k:k + 64]]).float() / 127.5 - 1
+    batches = (to_model_range(torch.stack([dataset[i][0] for i in idx[k:k + 64]]))
                for k in range(0, n, 64))
     batches = (torch.cat([b, b.flip(-1)]) for b in batches)
     return compute_stats(encoder, batches, scale=scale, device=device)
 
 
-class SemanticStream:
+class SemanticTargets:
+    """The frozen encoder of a co-denoising run and the calibrated clean targets it gives.
+
+    ``ratio`` is the RMS ratio s of the statistics (measured at the start when the config gives
+    none); the run records it so that sampling rebuilds the same calibration. ``encoder`` is
+    shared with the auxiliary losses that work in its feature space.
+    """
+
     def __init__(self, cfg: Config, dataset, device: torch.device, run_dir: Path, world=None):
         sc, mc = cfg.semantic, cfg.model
         self.encoder = encoder_from_config(cfg).to(device)
@@ -47,16 +59,15 @@ class SemanticStream:
         self.cache = self._cache(sc.cache, dataset, device, world) if sc.cache else None
         stats = self._stats(cfg, dataset, device, Path(run_dir), world)
         stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
-        # Table 4: the measured RMS ratio either scales the features or shifts their noise level.
-        # The run's config records the ratio so that sampling can rebuild the same calibration.
+        # Table 4: the measured RMS ratio either scales the features or shifts their clock.
+        self.ratio = stats.scale
         self.calibration = build_calibration(sc.calibration, stats.scale)
-        sc.scale = stats.scale
         self.stats = stats.with_scale(self.calibration.feature_scale()).to(device)
-        self.aux = build_aux_loss(cfg, self.encoder)
-        if self.aux is not None:
-            self.aux.to(device)
-        self.weight = sc.loss_weight
-        self.aux_weight = sc.aux_weight if sc.aux_weight is not None else getattr(self.aux, "default_weight", 0.0)
+
+    @property
+    def stream_time(self):
+        """The semantic stream's clock as a function of the shared t."""
+        return self.calibration.stream_time()
 
     def _cache(self, where: str, dataset, device, world=None) -> FeatureCache:
         """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset) under
@@ -98,12 +109,6 @@ class SemanticStream:
             raw = self.encoder.patch_features(x).float()
         return self.stats.normalize(raw)
 
-    def loss_inputs(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor) -> dict:
-        """The co-denoising arguments of ``diffusion.training_loss`` for this batch."""
-        return {"semantic": self.targets(x, indices, flipped), "semantic_weight": self.weight,
-                "semantic_time": self.calibration.stream_time(), "aux": self.aux,
-                "aux_weight": self.aux_weight}
-
 
 def stream_times(cfg: Config, num_streams: int) -> list:
     """Each stream's noise level as a function of the sampler's t, for sampling from a run of
@@ -111,8 +116,8 @@ def stream_times(cfg: Config, num_streams: int) -> list:
     if num_streams == 1:
         return [SameTime()]
     sc = cfg.semantic
-    if sc.calibration == "time_shift" and sc.scale is None:
-        raise ConfigError("this run uses semantic.calibration=time_shift but its config has no "
-                          "semantic.scale (the RMS ratio): pass --set semantic.scale=<ratio>")
     calibration = build_calibration(sc.calibration, sc.scale if sc.scale is not None else 1.0)
+    if sc.scale is None and calibration.clock_needs_ratio():
+        raise ConfigError(f"this run's semantic.calibration={sc.calibration['name']} needs the RMS "
+                          f"ratio, but its config has no semantic.scale: pass --set semantic.scale=<ratio>")
     return [SameTime(), calibration.stream_time()]

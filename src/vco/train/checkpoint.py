@@ -1,20 +1,24 @@
-"""Checkpoints: one safetensors file (weights, both EMAs, optimizer, RNG) + a JSON sidecar.
+"""Checkpoints: one safetensors file (weights, both EMAs, optimizer state) + a JSON sidecar.
 
-Writes are atomic: a temporary file in the same folder is written, flushed and fsynced, then
-renamed over the old one, so the last good checkpoint survives a crash mid-save.
+No RNG state is stored: the training randomness is a pure function of (seed, step, sample position)
+(vco.diffusion.randomness), so the step counter is all a resume needs.
+Writes are atomic (vco.files.atomic_write): a temporary file in the same folder is written, fsynced,
+then renamed over the old one, so the last good checkpoint survives a crash mid-save.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .. import files
+from ..files import WriteError
 
 FORMAT = "vco-checkpoint-1"
 CKPT_NAME = "checkpoint.safetensors"
@@ -24,37 +28,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be written or used; the message says which and why."""
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # not every filesystem supports fsync on a directory
+class CheckpointWriteError(CheckpointError, WriteError):
+    """A checkpoint file that could not be written (the previous one is intact)."""
 
 
 def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then fsync and rename onto ``path``; the old file stays until then."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """vco.files.atomic_write, failing with a CheckpointWriteError that says what to do."""
     try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except Exception as e:  # OSError, or the writer's own error wrapping one (e.g. disk full)
-        Path(tmp).unlink(missing_ok=True)
-        reason = getattr(e, "strerror", None) or e
-        raise CheckpointError(f"could not write {path}: {reason}. The previous file (if any) is "
-                              f"intact; free disk space or choose another --out.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        files.atomic_write(path, write)
+    except WriteError as e:
+        raise CheckpointWriteError(f"{e} Free disk space or choose another --out.") from None
 
 
 def optimizer_tensors(optimizer: torch.optim.Optimizer, names: dict) -> dict[str, torch.Tensor]:
@@ -80,12 +63,6 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict, tenso
 def digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes (any dtype), to detect a tampered or bit-rotted file."""
     return hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
-
-
-def remove_stale_temporaries(run_dir: Path) -> None:
-    """Temporary files of a save that was killed midway (the real files were never touched)."""
-    for tmp in Path(run_dir).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
 
 
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
@@ -146,17 +123,30 @@ def load_tensors(run: str | Path, prefix: str | None = None) -> dict[str, torch.
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); use an earlier copy") from None
 
 
+def _shape(v) -> tuple[int, ...]:
+    return tuple(v.shape) if hasattr(v, "shape") else tuple(v)
+
+
+def state_mismatch(expected: Mapping[str, torch.Tensor | torch.Size | tuple[int, ...]],
+                   state: Mapping[str, torch.Tensor | torch.Size | tuple[int, ...]],
+                   optional: Iterable[str] = (), limit: int = 8) -> list[str]:
+    """Why ``state`` does not fit ``expected`` (e.g. ``model.state_dict()``, or name -> shape):
+    one line each for missing, unexpected and mis-shaped keys, naming up to ``limit`` of each;
+    [] when it fits. Expected keys ending with one of ``optional`` may be missing."""
+    optional = tuple(optional)
+    missing = sorted(k for k in expected if k not in state and not k.endswith(optional))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: checkpoint {_shape(state[k])} vs model {_shape(v)}"
+              for k, v in expected.items() if k in state and _shape(state[k]) != _shape(v)]
+    return ([f"missing ({len(missing)}): {', '.join(missing[:limit])}"] if missing else []) + \
+           ([f"unexpected ({len(unexpected)}): {', '.join(unexpected[:limit])}"] if unexpected else []) + \
+           ([f"shape mismatch ({len(shapes)} tensors): {'; '.join(shapes[:limit])}"] if shapes else [])
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Strict load that names every missing, unexpected or mis-shaped tensor."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        lines = ([f"missing ({len(missing)}): {', '.join(missing[:8])}"] if missing else []) + \
-                ([f"unexpected ({len(unexpected)}): {', '.join(unexpected[:8])}"] if unexpected else []) + \
-                ([f"shape mismatch ({len(shapes)} tensors): {'; '.join(shapes[:8])}"] if shapes else [])
+    lines = state_mismatch(model.state_dict(), state)
+    if lines:
         raise CheckpointError(f"{source} does not fit this model (another preset or config?):\n  "
                               + "\n  ".join(lines))
     model.load_state_dict(state)

@@ -36,8 +36,17 @@ class World:
         return (t / self.size).tolist()
 
 
+def process_rank() -> tuple[int, int]:
+    """(rank, world size) of this process: from torch.distributed once a process group is
+    initialised, else from the launcher's RANK / WORLD_SIZE (so it works before setup()),
+    else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def launched() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return process_rank()[1] > 1
 
 
 def setup(device: torch.device) -> tuple[World, torch.device]:
@@ -47,7 +56,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend)
-    world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    world = World(*process_rank(), int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
@@ -68,6 +77,24 @@ def shard(model: torch.nn.Module) -> None:
         for block in getattr(model, name, []):
             fully_shard(block)
     fully_shard(model)
+
+
+def shard_module(module: torch.nn.Module) -> None:
+    """FSDP2 over one module outside the model that holds trainable parameters (a loss term's
+    head, e.g. REPA's projector): its gradients are reduced like the model's."""
+    from torch.distributed.fsdp import fully_shard
+    fully_shard(module)
+
+
+def sharded_modules(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The FSDP2 roots under ``root`` (the model and any sharded loss term), outermost first."""
+    from torch.distributed.fsdp import FSDPModule
+    found: list[torch.nn.Module] = []
+    for module in root.modules():
+        if isinstance(module, FSDPModule) and not any(m is not module and module in set(m.modules())
+                                                      for m in found):
+            found.append(module)
+    return found
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

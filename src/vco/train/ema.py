@@ -30,8 +30,3 @@ class EMA:
         for n in self.names:
             self.shadow[n].copy_(state[n])
 
-    def weights_for(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """A full state dict of ``model`` with the EMA values in place of the trainable weights."""
-        sd = {k: v.clone() for k, v in model.state_dict().items()}
-        sd.update({n: v.to(sd[n].dtype) for n, v in self.shadow.items()})
-        return sd

@@ -2,22 +2,21 @@
 
 The source is any run folder (one written by ``vco train`` or by ``vco convert-official``). Its
 sampling weights (``ema1`` if it has them, else ``model``) initialise the model and both EMAs; the
-optimizer, step counter and RNG start fresh. Statistics of the semantic stream stored in the
+optimizer and the step counter start fresh (there is no RNG state to carry: training randomness
+is a function of seed, step and sample position). Statistics of the semantic stream stored in the
 source run are copied along, so a V-Co fine-tune does not recompute them.
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..config import Config
-from .checkpoint import CheckpointError, load_tensors, read_meta
-
-INIT_NAME = "init_from.json"
+from .checkpoint import (CheckpointError, atomic_write, load_tensors, load_weights, read_meta,
+                         state_mismatch)
+from .distributed import process_rank
 
 
 def source_config(run: str | Path) -> Path:
@@ -31,7 +30,7 @@ def source_config(run: str | Path) -> Path:
 
 def is_unstarted_conversion(run: str | Path) -> bool:
     """A run written by ``vco convert-official`` that has not been trained yet: it holds weights
-    but no optimizer or RNG state, so ``--resume`` starts it like ``--init-from`` (in place)."""
+    but no optimizer state and is at step 0, so ``--resume`` starts it like ``--init-from`` (in place)."""
     meta = read_meta(run)
     return bool(meta.get("converted_from")) and int(meta.get("step", 0)) == 0
 
@@ -53,32 +52,26 @@ def prepare_init_from(source: str | Path, out: str | Path, cfg: Config) -> tuple
     from ..models import build_model
     state, which = init_weights(source)
     own = build_model(cfg.model, device="meta").state_dict()
-    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    unexpected = sorted(set(state) - set(own))
-    missing = sorted(k for k in own if k not in state and not k.endswith("pos_embed"))
-    if shapes or unexpected or missing:
-        detail = "; ".join(([f"shapes differ: {', '.join(shapes[:3])}"] if shapes else []) +
-                           ([f"not in this model: {', '.join(unexpected[:3])}"] if unexpected else []) +
-                           ([f"missing: {', '.join(missing[:3])}"] if missing else []))
-        raise CheckpointError(f"the weights of {source} do not fit this model ({detail}): train with "
+    # the sin-cos position embedding is a fixed buffer the model computes itself: it may be absent
+    lines = state_mismatch(own, state, optional=("pos_embed",), limit=3)
+    if lines:
+        raise CheckpointError(f"the weights of {source} do not fit this model ({'; '.join(lines)}): train with "
                               f"the source's config (omit --preset/--config) or a matching preset")
     if cfg.model.fusion != "none" and not cfg.semantic.stats and not cfg.semantic.cache:
         from ..semantic.stream import STATS_NAME
         src, dst = Path(source) / STATS_NAME, Path(out) / STATS_NAME
         # under torchrun only rank 0 writes; the others read it after the trainer's barrier
-        main = os.environ.get("RANK", "0") == "0"
+        main = process_rank()[0] == 0
         if main and src.is_file() and not dst.exists() and src.resolve() != dst.resolve():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
+            atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     return state, which
 
 
 @torch.no_grad()
 def apply_init_from(trainer, state: dict[str, torch.Tensor], source: str | Path, which: str) -> None:
     """Load ``state`` into ``trainer.model`` (strictly) and restart both EMAs from it; the
-    optimizer keeps no state (it was just built), so it starts fresh."""
-    from .checkpoint import load_weights
+    optimizer keeps no state (it was just built), so it starts fresh. ``which`` (the section the
+    weights came from) is not used here: the caller prints it."""
     full = dict(trainer.model.state_dict())
     full.update(state)
     load_weights(trainer.model, full, source=str(source))
@@ -87,7 +80,3 @@ def apply_init_from(trainer, state: dict[str, torch.Tensor], source: str | Path,
         ema.load_state_dict(params)
     if any(trainer.optimizer.state.values()):
         raise CheckpointError("--init-from needs a fresh optimizer, but it already holds state")
-    run_dir = Path(trainer.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / INIT_NAME).write_text(json.dumps(
-        {"source": str(Path(source).resolve()), "weights": which}, indent=1))

@@ -1,5 +1,5 @@
-"""What the unconditional branch of classifier-free guidance is, for a co-denoising model
-(V-Co Table 2). Config: ``model.uncond``.
+"""What the unconditional branch of classifier-free guidance is (V-Co Table 2). Config:
+``model.uncond`` for co-denoising models; a single-stream JiT only drops its label.
 
 A definition answers three questions:
   draw            which training samples drop their label, and which drop their semantics;
@@ -14,20 +14,12 @@ applies them without a dense mask (vco.nn.attention.joint_attention).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 
 from ..config import DiffusionConfig
+from ..diffusion.flow import Drops
 from ..nn.attention import StructuralMask
-from .randomness import as_stream
-
-
-@dataclass
-class Drops:
-    label: torch.Tensor       # (B,) bool: the label is replaced by the null class
-    semantic: torch.Tensor    # (B,) bool: the semantic pathway is removed (and L_sem ignores it)
 
 
 class Unconditional(nn.Module):
@@ -36,8 +28,8 @@ class Unconditional(nn.Module):
     blocks_pixel = False      # pixel queries of dropped samples cannot read semantic keys
     blocks_semantic = False   # semantic queries of dropped samples cannot read pixel keys
 
-    def draw(self, b: int, cfg: DiffusionConfig, generator=None, device="cpu") -> Drops:
-        rng = as_stream(generator, device)
+    def draw(self, b: int, cfg: DiffusionConfig, rng) -> Drops:
+        """``rng``: a stream of vco.diffusion.randomness (anything with ``rand(n)``)."""
         label = rng.rand(b) < cfg.label_drop_prob
         if self.joint:
             return Drops(label, label)
@@ -60,6 +52,10 @@ class Unconditional(nn.Module):
         if not (self.blocks_pixel or self.blocks_semantic) or drop is None or not bool(drop.any()):
             return None
         return StructuralMask(drop, n_pixel, self.blocks_pixel, self.blocks_semantic)
+
+
+class LabelDropout(Unconditional):
+    """A single-stream model's definition: the label alone is dropped (p = label_drop_prob)."""
 
 
 class JointAsymmetricMask(Unconditional):

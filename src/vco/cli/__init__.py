@@ -1,0 +1,37 @@
+"""The ``vco`` command: train, sample, info, stats, cache, eval, convert-official, demo."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .. import config as C
+from ..data import DataError
+from ..files import WriteError
+from ..train.checkpoint import CheckpointError
+from . import convert, evaluate, features, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vco", description="Pixel diffusion with visual co-denoising")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (train, evaluate, features, convert):
+        module.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (C.ConfigError, DataError, CheckpointError, WriteError, ValueError, FileNotFoundError) as e:
+        print(f"vco {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""`vco convert-official`: released V-Co / JiT checkpoints into run folders."""
+from __future__ import annotations
+
+import sys
+
+from .common import set_overrides
+
+
+def cmd_convert_official(args) -> None:
+    from ..interop import convert_official
+    r = convert_official(args.ckpt, args.out, stats=args.stats, weights=args.weights,
+                         overrides=set_overrides(args))
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(f"{args.ckpt} ({r.kind}, preset {r.preset}) -> {r.run}: weights {', '.join(r.sections)}"
+          + (f"; DINOv2 encoder {r.encoder}" if r.encoder else "")
+          + (f"; statistics {r.stats}" if r.stats else ""))
+    weights = "" if "ema1" in r.sections else f" --weights {r.sections[0]}"
+    print(f"next: vco sample --run {r.run}{weights} --out samples.png")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("convert-official", help="convert a released V-Co/JiT .pth into a run folder")
+    p.add_argument("ckpt", help="the official checkpoint (.pth), e.g. V-Co-B/16's checkpoint-last.pth")
+    p.add_argument("--out", required=True, help="run folder to create (never overwritten)")
+    p.add_argument("--stats", help="V-Co: RAE's stat.pt or a `vco stats` file, stored in the run "
+                   "for fine-tuning (sampling does not need it)")
+    p.add_argument("--weights", default="all", choices=["all", "ema1", "ema2", "model"],
+                   help="official weights to keep: all (model, ema1, ema2) or only one (ema1 samples)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   nargs="+", help="override a config value, e.g. --set model.in_context_start=4")
+    p.set_defaults(func=cmd_convert_official)
+

@@ -1,0 +1,160 @@
+"""`vco sample` and `vco eval`: sample grids, FID / precision / recall, sweeps."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import config as C
+from .common import check_sampling, config_args, data_overrides, sampling_args, set_overrides
+
+
+def cmd_sample(args) -> None:
+    from ..sampling import class_labels, generate, save_grid
+    from ..train import load_run_model
+    from ..device import resolve_device
+    device = resolve_device(args.device)
+    model, cfg, meta = load_run_model(args.run, args.weights, device)
+    for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
+        if value is not None:
+            setattr(cfg.sampler, key, value)
+    check_sampling(cfg.sampler.cfg, cfg.sampler.steps)
+    if args.num < 1:
+        raise C.ConfigError(f"--num must be >= 1, got {args.num}")
+    labels = class_labels(args.num, cfg.model.num_classes)
+    t0 = time.time()
+    images = generate(model, cfg, labels, seed=args.seed, batch_size=args.batch_size, device=device)
+    path = save_grid(images, labels, meta.get("class_names", []), args.out)
+    print(f"{len(images)} samples in {time.time() - t0:.1f}s (cfg {cfg.sampler.cfg}, "
+          f"{cfg.sampler.steps} {cfg.sampler.method} steps) -> {path}")
+    if args.npz:
+        npz = Path(args.out).with_suffix(".npz")
+        np.savez(npz, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
+        print(f"uint8 samples (N, H, W, C) -> {npz}")
+
+
+def _parse_sweep(text: str) -> list[float]:
+    try:
+        lo, hi, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise C.ConfigError(f"--cfg-sweep takes start:stop:step, e.g. 1.0:3.0:0.2 (got '{text}')") from None
+    if step <= 0 or hi < lo:
+        raise C.ConfigError(f"--cfg-sweep needs step > 0 and stop >= start (got '{text}')")
+    return [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
+
+
+def _features_of_source(path: str, inception, num: int | None = None):
+    """(mu, sigma) of an image folder, an npz of uint8 images, or stored statistics."""
+    from ..eval import load_images_source, load_reference, stats
+    p = Path(path)
+    if p.suffix == ".npz":
+        with np.load(p, allow_pickle=False) as data:
+            has_stats = ("mu" in data.files and "sigma" in data.files) or "feats" in data.files
+        if has_stats:
+            ref = load_reference(p)
+            return ref.mu, ref.sigma
+    images = load_images_source(p)
+    return stats(inception.extract(images[:num] if num else images))
+
+
+def cmd_eval_fid(args, device) -> None:
+    from ..eval import InceptionFeatures, frechet_distance
+    if len(args.sources) != 2:
+        raise C.ConfigError("vco eval fid takes two sources: folders, npz images or statistics")
+    inception = InceptionFeatures(device)
+    a, b = (_features_of_source(src, inception) for src in args.sources)
+    print(f"fid={frechet_distance(*a, *b):.4f}")
+
+
+def cmd_eval_ref(args, device) -> None:
+    from ..data import build_dataset
+    from ..eval import InceptionFeatures, save_reference
+    if not args.out:
+        raise C.ConfigError("vco eval ref needs --out ref.npz")
+    cfg = C.build_config(args.preset, overrides=data_overrides(args.data) + set_overrides(args))
+    data = build_dataset(cfg.data, cfg.model.image_size, cfg.model.num_classes)
+    n = min(args.num or len(data), len(data))
+    idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    feats = InceptionFeatures(device).extract(data[i][0] for i in idx.tolist())
+    mu, sigma = np.mean(feats, 0), np.cov(feats, rowvar=False)
+    path = save_reference(args.out, mu, sigma, feats)
+    print(f"reference of {n} images of {args.data} -> {path}")
+
+
+def cmd_eval(args) -> None:
+    from ..device import resolve_device
+    from ..eval import InceptionFeatures, load_reference
+    from ..eval.evaluate import EvalSettings, evaluate, sweep_outputs, write_json
+    from ..train.distributed import launched, process_rank
+    from ..train import load_run_model
+    device = resolve_device(args.device)
+    if args.action == "fid":
+        return cmd_eval_fid(args, device)
+    if args.action == "ref":
+        return cmd_eval_ref(args, device)
+    if args.action or not args.run:
+        raise C.ConfigError("use `vco eval --run RUN --ref REF`, `vco eval ref ...` or `vco eval fid A B`")
+    if not args.ref:
+        raise C.ConfigError("--ref is required: reference statistics from `vco eval ref --data ... "
+                            "--out ref.npz`, ADM's VIRTUAL_imagenet256_labeled.npz or JiT's jit_in256_stats.npz")
+    check_sampling(args.cfg, args.steps)
+    if launched() and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    model, cfg, meta = load_run_model(args.run, args.weights, device)
+    ref = load_reference(args.ref)
+    inception = InceptionFeatures(device)
+    out_dir = Path(args.run) / "eval"
+    ws = _parse_sweep(args.cfg_sweep) if args.cfg_sweep else [args.cfg if args.cfg is not None else cfg.sampler.cfg]
+    results = []
+    for w in ws:
+        settings = EvalSettings(num=args.num, cfg=w, steps=args.steps or cfg.sampler.steps,
+                                method=args.method or cfg.sampler.method, seed=args.seed,
+                                batch_size=args.batch_size, weights=args.weights)
+        r = evaluate(model, cfg, meta, settings, ref, device, inception, out_dir)
+        if process_rank()[0] == 0:
+            results.append(r)
+            extra = (f" precision={r['precision']:.4f} recall={r['recall']:.4f}" if "precision" in r else "")
+            print(f"cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra} "
+                  f"(IS unavailable: no classifier head in the offline Inception)")
+    if process_rank()[0] != 0:
+        return
+    tag = f"n{args.num}_s{results[0]['settings']['steps']}"
+    if len(results) == 1:
+        path = write_json(out_dir / f"eval_{tag}_cfg{ws[0]:g}.json", results[0])
+        print(f"results -> {path}")
+        print(f"fid={results[0]['fid']:.4f}")
+    else:
+        path = write_json(out_dir / f"sweep_{tag}.json", results)
+        table, plot = sweep_outputs(results, out_dir, f"sweep_{tag}")
+        best = min(results, key=lambda r: r["fid"])
+        print(f"sweep -> {path}, {table}, {plot}; best w={best['settings']['cfg']:g}")
+        print(f"fid={best['fid']:.4f}")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("sample", help="sample a class-labelled grid PNG from a run")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--num", type=int, default=64)
+    sampling_args(p)
+    p.add_argument("--out", default="samples.png")
+    p.add_argument("--npz", action="store_true", help="also write the uint8 samples as .npz")
+    p.set_defaults(func=cmd_sample)
+
+
+    p = sub.add_parser("eval", help="FID / precision / recall of a run (or `ref`, `fid A B`)")
+    p.add_argument("action", nargs="?", choices=["ref", "fid"], help="ref: reference statistics; "
+                   "fid A B: FID between two sources; omitted: evaluate --run")
+    p.add_argument("sources", nargs="*", help="fid: two image folders, npz images or npz statistics")
+    config_args(p)
+    p.set_defaults(preset="jit-tiny")
+    p.add_argument("--run", help="run folder to evaluate")
+    p.add_argument("--ref", help="reference statistics (.npz)")
+    p.add_argument("--data", default="fashion-mnist-test", help="ref: the data to describe")
+    p.add_argument("--num", type=int, default=10_000, help="samples (a multiple of the classes); ref: images")
+    sampling_args(p)
+    p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
+    p.add_argument("--out", help="ref: output .npz")
+    p.set_defaults(func=cmd_eval)
+

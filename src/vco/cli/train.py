@@ -1,0 +1,134 @@
+"""`vco train`, `vco demo` and `vco info`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .. import config as C
+from ..train.checkpoint import CheckpointError
+from .common import DATA_NAMES, config_args, data_overrides, set_overrides
+
+
+def cmd_train(args) -> None:
+    from ..train import Trainer
+    from ..train.init_from import apply_init_from, is_unstarted_conversion, prepare_init_from, source_config
+    extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps else [])
+    init_source = args.init_from
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise CheckpointError(f"{run} is not a run folder (no config.yaml): pass the --out of "
+                                  f"an earlier `vco train`")
+        if init_source:
+            raise C.ConfigError("--init-from starts a new run: use it with --out, not with --resume")
+        cfg = C.build_config(config_file=run / "config.yaml", overrides=extra + set_overrides(args))
+        out = run
+        if is_unstarted_conversion(run):     # converted weights, no optimizer state yet
+            init_source = run
+    else:
+        if not args.out:
+            raise C.ConfigError("vco train needs --out RUN_DIR (or --resume RUN_DIR)")
+        out = Path(args.out)
+        if (out / "checkpoint.safetensors").exists():
+            raise CheckpointError(f"{out} already holds a run: continue it with --resume {out}, "
+                                  f"or choose another --out")
+        config = args.config or (source_config(init_source) if init_source and not args.preset else None)
+        cfg = C.build_config(args.preset or ("jit-tiny" if not config else None), config,
+                             extra + set_overrides(args))
+    init = prepare_init_from(init_source, out, cfg) if init_source else None
+    trainer = Trainer(cfg, out, resume=bool(args.resume) and init is None)
+    if init is not None:
+        state, which = init
+        apply_init_from(trainer, state, init_source, which)
+        print(f"initialised {out} from the {which} weights of {init_source} (both EMAs too; "
+              f"fresh optimizer) -> {cfg.train.steps} steps")
+    elif args.resume:
+        print(f"resuming {out} at step {trainer.step} -> {cfg.train.steps}")
+    summary = trainer.train(progress=not args.quiet)
+    if trainer.world.is_main:
+        print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {trainer.world.size} "
+              f"process(es); checkpoint: {out / 'checkpoint.safetensors'}")
+    from ..train.distributed import teardown
+    teardown()
+
+
+def cmd_demo(args) -> None:
+    from ..plots import plot_loss_curves
+    from ..sampling import class_labels, generate, save_grid
+    from ..train import Trainer, load_run_model
+    out = Path(args.out)
+    run = out / "run"
+    # A CPU budget of minutes: small batches give more optimizer steps (the EMA needs them);
+    # blr is raised to keep the preset's per-step learning rate (5e-4).
+    overrides = [f"train.time_limit_min={args.minutes}", "data.name=fashion-mnist",
+                 f"train.batch_size={args.batch_size}", f"train.blr={5e-4 * 256 / args.batch_size}",
+                 "train.log_every=5"]
+    if C.build_config(args.preset).data.classes_per_batch:
+        overrides.append(f"data.classes_per_batch={max(1, args.batch_size // 4)}")
+    if (run / "checkpoint.safetensors").exists():
+        print(f"continuing the demo run in {run} (delete {out} to start afresh)")
+        cfg = C.build_config(config_file=run / "config.yaml", overrides=overrides)
+        trainer = Trainer(cfg, run, resume=True)
+        trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + 1)
+    else:
+        cfg = C.build_config(args.preset, overrides=overrides + [f"train.steps={args.max_steps}"])
+        trainer = Trainer(cfg, run)
+    print(f"training {cfg.preset} on Fashion-MNIST for up to {args.minutes} min "
+          f"({sum(p.numel() for p in trainer.model.parameters())/1e6:.1f}M params) ...")
+    summary = trainer.train()
+    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
+    model, cfg, meta = load_run_model(run, "ema1")
+    cfg.sampler.steps = args.sample_steps
+    labels = class_labels(10 * args.per_class, cfg.model.num_classes)
+    images = generate(model, cfg, labels, seed=0, batch_size=100)
+    grid = save_grid(images, labels, meta["class_names"], out / "samples.png")
+    curve = plot_loss_curves(run / "metrics.jsonl", out / "loss.png")
+    print(f"sample grid: {grid}\nloss curve:  {curve}\nrun folder:  {run}")
+
+
+def cmd_info(args) -> None:
+    from ..losses import aux_loss_class, aux_loss_options
+    from ..losses.base import BuildContext
+    from ..models import count_params
+    from ..resolve import resolve_config
+    cfg = resolve_config(C.build_config(args.preset, args.config, set_overrides(args)))
+    print(C.to_yaml(cfg), end="")
+    aux = aux_loss_class(cfg) if cfg.model.co_denoising else None
+    if aux is not None and not aux.uses_encoder:   # an encoder-space loss trains nothing itself
+        with torch.device("meta"):
+            term = aux(aux_loss_options(cfg), BuildContext(cfg.model, cfg.diffusion))
+        extra = sum(p.numel() for p in term.parameters() if p.requires_grad)
+        if extra:
+            print(f"aux_loss_params={extra}  # trained with the model, not used for sampling")
+    print(f"params={count_params(cfg.model)}")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train a model (or --resume a run)")
+    config_args(p)
+    p.add_argument("--data", help=f"{' | '.join(DATA_NAMES)} | a class-per-folder image directory")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--steps", type=int, help="total optimizer steps (train.steps)")
+    p.add_argument("--resume", help="continue the run in this folder up to --steps")
+    p.add_argument("--init-from", dest="init_from", metavar="RUN",
+                   help="start from this run's weights (ema1, else model) with a fresh optimizer; "
+                        "its config is used unless --preset/--config is given")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+    p = sub.add_parser("info", help="print the resolved config and the parameter count")
+    config_args(p)
+    p.set_defaults(func=cmd_info)
+
+
+    p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
+    p.add_argument("--preset", default="vco-tiny")
+    p.add_argument("--out", default="demo")
+    p.add_argument("--minutes", type=float, default=9.0, help="training time budget")
+    p.add_argument("--max-steps", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--per-class", type=int, default=6)
+    p.add_argument("--sample-steps", type=int, default=25, help="Heun steps (50 in the paper)")
+    p.set_defaults(func=cmd_demo)

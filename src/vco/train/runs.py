@@ -1,0 +1,25 @@
+"""Reading a run folder back: the model of its config with the chosen weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import from_dict
+from ..models import build_model
+from .checkpoint import CheckpointError, load_tensors, load_weights, read_meta
+
+
+def load_run_model(run: str | Path, weights: str = "ema1", device="cpu"):
+    """(model in eval mode, config, meta) of a run folder, with the chosen weights
+    ('ema1' for sampling, 'ema2', or 'model' for the raw weights)."""
+    meta = read_meta(run)
+    cfg = from_dict(meta["config"])
+    model = build_model(cfg.model, device)
+    state = dict(model.state_dict())
+    state.update(load_tensors(run, "model"))
+    if weights != "model":
+        ema = load_tensors(run, weights)
+        if not ema:
+            raise CheckpointError(f"{run} holds no '{weights}' weights (choose ema1, ema2 or model)")
+        state.update(ema)
+    load_weights(model, state, source=str(run))
+    return model.eval(), cfg, meta
