@@ -181,3 +181,15 @@ def test_a_jit_model_ignores_the_semantic_arguments():
     assert none is None and torch.equal(a, b)
     assert dataclasses.is_dataclass(build_config("jit-tiny").model) and \
         build_config("jit-tiny").model.co_denoising is False
+
+
+def test_bf16_runs_hold_the_frozen_encoder_in_bf16(tmp_path):
+    """The encoder is cast once (not at every call under autocast); the model stays fp32 (its
+    optimizer and EMAs need the full-precision weights); the step is finite."""
+    cfg = build_config("vco-tiny", overrides=SMALL + ["precision=bf16", "train.steps=1"])
+    trainer = Trainer(cfg, tmp_path / "r")
+    assert {p.dtype for p in trainer.semantic.encoder.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
+    trainer.train(progress=False)
+    record = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["loss"] is not None and record["skipped_steps"] == 0

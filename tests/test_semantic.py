@@ -108,13 +108,18 @@ def test_mobilenet_patch_and_pooled_features_match_manual_pipeline():
     u = F.interpolate((x + 1) / 2, size=(64, 64), mode="bilinear", align_corners=False, antialias=False)
     u = (u - MEAN) / STD
     net = load_mobilenet_v2().eval()
+    exact = MobileNetV2Encoder(grid=4, fast=False)        # the network exactly as loaded
     with torch.no_grad():
         fmap = net.features[:14](u)
         pooled = net.features(u).mean(dim=(2, 3))
         patch = enc.patch_features(x)
+        torch.testing.assert_close(exact.patch_features(x), tokens_of(fmap))
+        torch.testing.assert_close(exact.pooled_features(x), pooled)
     assert fmap.shape == (2, 96, 4, 4) and patch.shape == (2, 16, 96)
-    torch.testing.assert_close(patch, tokens_of(fmap))
-    torch.testing.assert_close(enc.pooled_features(x).detach(), pooled)
+    # the default encoder folds its BatchNorms and runs channels-last: the same to fp32 rounding
+    torch.testing.assert_close(patch, tokens_of(fmap), rtol=1e-4, atol=1e-5 * fmap.abs().max().item())
+    torch.testing.assert_close(enc.pooled_features(x).detach(), pooled, rtol=1e-4,
+                               atol=1e-5 * pooled.abs().max().item())
     random_enc = MobileNetV2Encoder(grid=4, weights=None)
     with torch.no_grad():
         assert (random_enc.patch_features(x) - patch).abs().mean() > 0.1 * patch.abs().mean()
@@ -130,8 +135,26 @@ def test_mobilenet_stage_choice_sets_resolution_and_width():
         MobileNetV2Encoder(grid=3, layer=20, weights=WEIGHTS)
 
 
+def test_batchnorm_folding_keeps_the_function():
+    from vco.semantic.mobilenet import fold_batchnorm
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=True), nn.BatchNorm2d(8))
+    for bn in (net[1], net[4]):                               # non-trivial statistics and affine
+        bn.running_mean.normal_(0, 1), bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.normal_(1, 0.3), bn.bias.data.normal_(0, 0.3)
+    net.eval()
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        before = net(x)
+        fold_batchnorm(net)
+        after = net(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
+
+
 def test_frozen_encoder_stays_in_eval_and_passes_gradients_to_images():
-    enc = MobileNetV2Encoder(grid=2, weights=WEIGHTS)
+    enc = MobileNetV2Encoder(grid=2, weights=WEIGHTS, fast=False)
     parent = nn.Sequential(enc)
     parent.train()
     assert not any(m.training for m in enc.modules())

@@ -113,3 +113,19 @@ def test_compiled_training_matches_eager(tmp_path):
     assert out[True][1].keys() == out[False][1].keys()
     for k, v in out[False][1].items():
         assert torch.allclose(out[True][1][k], v, atol=1e-5), k
+
+
+def test_adamw_implementations_agree(tmp_path):
+    """fused (the default), foreach and the per-tensor loop: the same AdamW to fp32 rounding."""
+    weights, start = {}, None
+    for kind in ("loop", "foreach", "fused"):
+        trainer = Trainer(small_cfg(["train.steps=3", f"train.adamw={kind}"]), tmp_path / kind)
+        start = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        trainer.train(progress=False)
+        weights[kind] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    assert any(not torch.equal(start[k], v) for k, v in weights["loop"].items())   # it trained
+    for kind in ("foreach", "fused"):
+        for k, v in weights["loop"].items():
+            assert torch.allclose(weights[kind][k], v, rtol=1e-5, atol=1e-6), (kind, k)
+    with pytest.raises(ValueError, match="train.adamw"):
+        Trainer(small_cfg(["train.adamw=fastest"]), tmp_path / "bad")

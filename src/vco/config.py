@@ -112,6 +112,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
+    adamw: str = "auto"               # auto | fused | foreach | loop (auto: fused; foreach under FSDP)
     ema_decays: tuple[float, float] = (0.9999, 0.9996)
     precision: str = "auto"           # auto | bf16 | fp32 (auto: bf16 where the hardware has it)
     seed: int = 0

@@ -108,6 +108,27 @@ def default_weights_path() -> Path:
 
 
 @torch.no_grad()
+def fold_batchnorm(net: nn.Module) -> None:
+    """Fold every eval-mode BatchNorm into the convolution before it, in place: conv(x) * s + b
+    with s = gamma / sqrt(var + eps), b = beta - mean * s becomes one conv with weight W s and
+    bias b. The same function up to fp32 rounding (about 1e-6 relative), one pass less over every
+    activation; only for a frozen network, whose BatchNorm statistics never change."""
+    for seq in net.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        for i in range(len(seq) - 1):
+            conv, bn = seq[i], seq[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)       # (C_out,)
+                shift = bn.bias - bn.running_mean * scale
+                if conv.bias is not None:
+                    shift = shift + conv.bias * scale
+                conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+                conv.bias = nn.Parameter(shift, requires_grad=False)
+                seq[i + 1] = nn.Identity()
+
+
+@torch.no_grad()
 def _calibrate_batchnorm(net: MobileNetV2, size: int = 64) -> None:
     """Give a randomly initialised net BatchNorm statistics measured on one batch of noise.
 
@@ -146,7 +167,8 @@ class MobileNetV2Encoder(SemanticEncoder):
     pooled_features runs the whole trunk (features[:19]) on the same input and global-average-pools it.
     """
 
-    def __init__(self, grid: int, layer: int = 14, weights: str | os.PathLike | None = "imagenet"):
+    def __init__(self, grid: int, layer: int = 14, weights: str | os.PathLike | None = "imagenet",
+                 fast: bool = True):
         super().__init__(grid)
         if not 1 <= layer <= NUM_STAGES:
             raise ValueError(f"layer must be in 1..{NUM_STAGES} (features[:layer] is used), got {layer}")
@@ -159,11 +181,19 @@ class MobileNetV2Encoder(SemanticEncoder):
         source = "random" if weights is None else ("imagenet" if weights == "imagenet" else Path(weights).name)
         self.name = f"mobilenet_v2[{source}]/features[:{layer}]"
         self._freeze()
+        # Frozen, so its BatchNorms fold into the convolutions, and channels-last lets oneDNN run
+        # the depthwise convolutions without reordering: together 2-3x faster on CPU, the same
+        # features to fp32 rounding. fast=False keeps the network exactly as loaded.
+        self.memory_format = torch.channels_last if fast else torch.contiguous_format
+        if fast:
+            fold_batchnorm(self.net)
+            self.net.to(memory_format=torch.channels_last)
 
     def _preprocess(self, images: torch.Tensor) -> torch.Tensor:
         check_images(images)
         u = images * 0.5 + 0.5
-        return imagenet_normalize(resize(u, self.input_size, "bilinear"))  # (B, 3, grid*stride, grid*stride)
+        pixels = imagenet_normalize(resize(u, self.input_size, "bilinear"))  # (B, 3, grid*stride, grid*stride)
+        return pixels.contiguous(memory_format=self.memory_format)
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         fmap = self.net.features[: self.layer](self._preprocess(images))  # (B, C, grid, grid)

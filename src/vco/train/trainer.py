@@ -82,8 +82,7 @@ class Trainer:
         self.aux_params = {n.split(".", 1)[1]: p for n, p in self.objective.trainable_terms().items()}
         self.params = dict(self.model.named_parameters())
         self.params.update({f"aux.{n}": p for n, p in self.aux_params.items()})
-        self.optimizer = torch.optim.AdamW(param_groups(self.params, tc.weight_decay), lr=self.base_lr,
-                                           betas=tuple(tc.betas))
+        self.optimizer = self._optimizer()
         self.emas = [EMA(self.model, d) for d in tc.ema_decays]
         if tc.compile:
             self.model.compile()                   # in place: parameter names stay unchanged
@@ -110,6 +109,10 @@ class Trainer:
             return None
         from ..semantic.stream import SemanticTargets
         targets = SemanticTargets(self.cfg, self.dataset, self.device, self.run_dir, self.world)
+        if self.precision == "bf16":
+            # Frozen weights are cast once here; under autocast they would be re-cast on every
+            # call (autocast caches only the casts of weights that train).
+            targets.encoder.to(torch.bfloat16)
         semantic = dataclasses.replace(self.cfg.semantic, scale=targets.ratio)
         self.cfg = dataclasses.replace(self.cfg, semantic=semantic)
         return targets
@@ -125,6 +128,18 @@ class Trainer:
         if kind not in ("ddp", "fsdp"):
             raise ValueError(f"train.parallel must be ddp or fsdp, got '{kind}'")
         return kind if self.world.size > 1 else "single"
+
+    def _optimizer(self) -> torch.optim.AdamW:
+        """AdamW; the fused kernel (one pass over each tensor, several times faster than the
+        per-tensor loop on CPU and GPU) unless FSDP's sharded DTensors need the foreach path.
+        The implementations agree to fp32 rounding."""
+        tc = self.cfg.train
+        kinds = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}
+        kind = ("foreach" if self.sharded else "fused") if tc.adamw == "auto" else tc.adamw
+        if kind not in kinds:
+            raise ValueError(f"train.adamw must be auto, fused, foreach or loop, got '{tc.adamw}'")
+        return torch.optim.AdamW(param_groups(self.params, tc.weight_decay), lr=self.base_lr,
+                                 betas=tuple(tc.betas), **kinds[kind])
 
     def _schedule(self):
         cfg, tc = self.cfg, self.cfg.train
