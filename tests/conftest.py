@@ -1,8 +1,31 @@
+import os
+
 import pytest
 import torch
 
 # Denormal floats make CPU kernels crawl; tiny random models produce them.
 torch.set_flush_denormal(True)
+
+# VCO_TEST_DEVICE=cuda runs the tests marked `device` (tests/test_device.py) on the GPU; the rest
+# of the suite is unaffected. cuBLAS reads this before its first handle: set it here, before any
+# test touches CUDA, so that tests may switch on deterministic algorithms.
+TEST_DEVICE = os.environ.get("VCO_TEST_DEVICE", "cpu")
+if TEST_DEVICE == "cuda":
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@pytest.fixture
+def device() -> torch.device:
+    """The device of the tests marked `device`: the CPU, or the GPU when VCO_TEST_DEVICE=cuda
+    (skipped without CUDA). On the GPU, fp32 means fp32: TF32 is off for matmuls and cuDNN."""
+    if TEST_DEVICE not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"VCO_TEST_DEVICE must be cpu or cuda, got {TEST_DEVICE!r}")
+    if TEST_DEVICE == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("VCO_TEST_DEVICE=cuda but CUDA is not available")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch.device(TEST_DEVICE)
 
 
 @pytest.fixture
