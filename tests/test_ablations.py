@@ -423,11 +423,15 @@ def test_mask_free_attention_equals_the_dense_mask(pixel_blind, semantic_blind, 
                                            for u in ("joint_asymmetric_mask", "joint_symmetric_mask",
                                                      "independent_mask")])
 def test_models_with_mask_free_attention_equal_the_dense_mask_reference(fusion, uncond, monkeypatch):
+    model = randomised(build_model(tiny(f"fusion={fusion}", f"uncond={uncond}").model))
+    assert_mask_free_equals_dense(model, batch(4), torch.tensor([True, False, True, False]), monkeypatch)
+
+
+def assert_mask_free_equals_dense(model, inputs, drop, monkeypatch):
+    """The model's outputs with the mask-free attention equal those with the dense mask."""
     import vco.nn.attention as A
     import vco.nn.dual_stream as D
-    model = randomised(build_model(tiny(f"fusion={fusion}", f"uncond={uncond}").model))
-    x, t, y, f = batch(4)
-    drop = torch.tensor([True, False, True, False])
+    x, t, y, f = inputs
     fast = model(x, t, y, f, drop)
     monkeypatch.setattr(A, "joint_attention", dense_attention)
     monkeypatch.setattr(D, "joint_attention", dense_attention)

@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 import torch
-from test_ablations import batch, dense_attention, randomised, tiny
+from test_ablations import assert_mask_free_equals_dense, batch, dense_attention, randomised, tiny
 from test_diffusion import Oracle
 from test_train import small_cfg
 from test_vco import drift_by_hand
@@ -79,17 +79,9 @@ def test_mask_free_attention_equals_the_dense_mask(device, dtype, atol, pixel_bl
 
 @pytest.mark.parametrize("uncond", ["joint_asymmetric_mask", "joint_symmetric_mask"])
 def test_model_with_mask_free_attention_equals_the_dense_mask_reference(device, uncond, monkeypatch):
-    import vco.nn.attention as A
-    import vco.nn.dual_stream as D
     model = randomised(build_model(tiny(f"uncond={uncond}").model, device))
-    x, t, y, f = on(device, *batch(4))
     drop = torch.tensor([True, False, True, False], device=device)
-    fast = model(x, t, y, f, drop)
-    monkeypatch.setattr(A, "joint_attention", dense_attention)
-    monkeypatch.setattr(D, "joint_attention", dense_attention)
-    ref = model(x, t, y, f, drop)
-    for a, b in zip(fast, ref):
-        assert torch.allclose(a, b, atol=1e-5)
+    assert_mask_free_equals_dense(model, on(device, *batch(4)), drop, monkeypatch)
 
 
 # ----------------------------------------------------------------------- sampler

@@ -56,6 +56,23 @@ def test_ema_update_formula():
     assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * lin.weight)
 
 
+def test_ema_warmup_follows_the_formula_and_reaches_the_plain_decay():
+    """decay_t = min(decay, (1 + t) / (10 + t)), computed by hand over 30 updates of a drifting
+    weight; past the warm-up the update is the plain one."""
+    lin = torch.nn.Linear(3, 1, bias=False)
+    ema = EMA(lin, 0.95)
+    ref = lin.weight.detach().clone().double()
+    for t in range(30):
+        with torch.no_grad():
+            lin.weight.add_(torch.randn_like(lin.weight))
+        ema.update(lin, t)
+        d = min(0.95, (1 + t) / (10 + t))
+        ref = d * ref + (1 - d) * lin.weight.detach().double()
+        assert torch.allclose(ema.shadow["weight"].double(), ref, atol=1e-6), t
+    assert ema.decay_at(0) == 0.1 and ema.decay_at(8) == 0.5 and ema.decay_at(10**6) == 0.95
+    assert EMA(lin, 0.95, warmup=False).decay_at(0) == 0.95
+
+
 def test_lr_warmup_then_constant():
     assert lr_at(0, 1.0, 4) == 0.25
     assert lr_at(3, 1.0, 4) == 1.0
@@ -129,3 +146,16 @@ def test_adamw_implementations_agree(tmp_path):
             assert torch.allclose(weights[kind][k], v, rtol=1e-5, atol=1e-6), (kind, k)
     with pytest.raises(ValueError, match="train.adamw"):
         Trainer(small_cfg(["train.adamw=fastest"]), tmp_path / "bad")
+
+
+def test_compiled_training_matches_eager(tmp_path):
+    """train.compile traces the model with torch.compile (backend aot_eager here: the same graph
+    capture and autograd as inductor without its minutes of CPU code generation; the GPU check
+    runs inductor) and trains to the eager weights within fp32 rounding."""
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["train.compile=true", "train.compile_backend=aot_eager"])):
+        trainer = Trainer(small_cfg(["train.steps=2", *extra]), tmp_path / name)
+        trainer.train(progress=False)
+        runs[name] = trainer.model.state_dict()
+    for k, v in runs["eager"].items():
+        assert torch.allclose(runs["compiled"][k], v, rtol=1e-5, atol=1e-6), k

@@ -114,6 +114,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     adamw: str = "auto"               # auto | fused | foreach | loop (auto: fused; foreach under FSDP)
     ema_decays: tuple[float, float] = (0.9999, 0.9996)
+    ema_warmup: bool = True           # decay_t = min(decay, (1 + t) / (10 + t)): useful weights early
     precision: str = "auto"           # auto | bf16 | fp32 (auto: bf16 where the hardware has it)
     seed: int = 0
     log_every: int = 10
@@ -122,6 +123,7 @@ class TrainConfig:
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps
     device: str = "auto"              # auto | cpu | cuda (under torchrun: this rank's GPU)
     compile: bool = False             # torch.compile the model (GPU training)
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: trace only, for checks)
     parallel: str = "ddp"             # under torchrun: ddp (replicas) | fsdp (FSDP2 sharding, for L/H)
 
 

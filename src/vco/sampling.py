@@ -43,14 +43,18 @@ def generate(model, cfg: Config, labels: torch.Tensor, seed: int = 0, batch_size
     device = torch.device(device)
     precision = resolve_precision(cfg.train.precision, device)
     times = stream_times(cfg, len(model.stream_shapes(1)))
+    starts = range(0, len(labels), batch_size)
     out = []
-    for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress,
-                      leave=False):
-        y = labels[start:start + batch_size].to(device)
-        noise = sample_noise(model, range(first_index + start, first_index + start + len(y)), seed, device)
-        with autocast(precision, device):
-            x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes, stream_times=times)
-        out.append(to_uint8(x).cpu())
+    # one bar over every sampler step of every batch: it moves from the first step on
+    with tqdm(total=len(starts) * cfg.sampler.steps, desc=f"sample {len(labels)} images", unit="step",
+              disable=not progress, leave=False) as bar:
+        for start in starts:
+            y = labels[start:start + batch_size].to(device)
+            noise = sample_noise(model, range(first_index + start, first_index + start + len(y)), seed, device)
+            with autocast(precision, device):
+                x = sample(model, y, noise, cfg.sampler, cfg.diffusion, m.num_classes,
+                           on_step=bar.update, stream_times=times)
+            out.append(to_uint8(x).cpu())
     return torch.cat(out)
 
 

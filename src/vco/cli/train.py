@@ -54,37 +54,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from ..plots import plot_loss_curves
-    from ..sampling import class_labels, generate, save_grid
-    from ..train import Trainer, load_run_model
-    out = Path(args.out)
-    run = out / "run"
-    # A CPU budget of minutes: small batches give more optimizer steps (the EMA needs them);
-    # blr is raised to keep the preset's per-step learning rate (5e-4).
-    overrides = [f"train.time_limit_min={args.minutes}", "data.name=fashion-mnist",
-                 f"train.batch_size={args.batch_size}", f"train.blr={5e-4 * 256 / args.batch_size}",
-                 "train.log_every=5"]
-    if C.build_config(args.preset).data.classes_per_batch:
-        overrides.append(f"data.classes_per_batch={max(1, args.batch_size // 4)}")
-    if (run / "checkpoint.safetensors").exists():
-        print(f"continuing the demo run in {run} (delete {out} to start afresh)")
-        cfg = C.build_config(config_file=run / "config.yaml", overrides=overrides)
-        trainer = Trainer(cfg, run, resume=True)
-        trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + 1)
-    else:
-        cfg = C.build_config(args.preset, overrides=overrides + [f"train.steps={args.max_steps}"])
-        trainer = Trainer(cfg, run)
-    print(f"training {cfg.preset} on Fashion-MNIST for up to {args.minutes} min "
-          f"({sum(p.numel() for p in trainer.model.parameters())/1e6:.1f}M params) ...")
-    summary = trainer.train()
-    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
-    model, cfg, meta = load_run_model(run, "ema1")
-    cfg.sampler.steps = args.sample_steps
-    labels = class_labels(10 * args.per_class, cfg.model.num_classes)
-    images = generate(model, cfg, labels, seed=0, batch_size=100)
-    grid = save_grid(images, labels, meta["class_names"], out / "samples.png")
-    curve = plot_loss_curves(run / "metrics.jsonl", out / "loss.png")
-    print(f"sample grid: {grid}\nloss curve:  {curve}\nrun folder:  {run}")
+    from ..demo import run_demo
+    run_demo(args.out, args.preset, args.minutes, args.batch_size, args.per_class, args.sample_steps,
+             args.max_steps)
 
 
 def cmd_info(args) -> None:
@@ -126,7 +98,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="vco-tiny")
     p.add_argument("--out", default="demo")
-    p.add_argument("--minutes", type=float, default=9.0, help="training time budget")
+    p.add_argument("--minutes", type=float, default=9.0,
+                   help="wall-clock budget of the whole job: setup, training, sampling and plots")
     p.add_argument("--max-steps", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--per-class", type=int, default=6)

@@ -11,10 +11,9 @@ calibration), and returns the pixel stream.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..config import DiffusionConfig, SamplerConfig
 from .flow import SameTime, velocity
@@ -50,7 +49,7 @@ def guided_velocity(model, states: Sequence[torch.Tensor], t: float, y: torch.Te
 
 @torch.no_grad()
 def sample(model, y: torch.Tensor, noise: Sequence[torch.Tensor], cfg: SamplerConfig,
-           diffusion: DiffusionConfig, null_label: int, progress: bool = False,
+           diffusion: DiffusionConfig, null_label: int, on_step: Callable[[], None] | None = None,
            stream_times=None) -> torch.Tensor:
     """Integrate from the given initial noise (one tensor per stream, unit variance) to t = 1.
 
@@ -73,7 +72,7 @@ def sample(model, y: torch.Tensor, noise: Sequence[torch.Tensor], cfg: SamplerCo
         return guided_velocity(model, zs, t, y, guidance_scale(t, cfg), null_label, diffusion.t_eps,
                                times)
 
-    for k in tqdm(range(cfg.steps), desc="sampling", disable=not progress, leave=False):
+    for k in range(cfg.steps):
         t0, t1 = grid[k], grid[k + 1]
         dts = [c[k + 1] - c[k] for c in clocks]
         v0 = vel(states, t0)
@@ -83,6 +82,8 @@ def sample(model, y: torch.Tensor, noise: Sequence[torch.Tensor], cfg: SamplerCo
         else:
             v1 = vel(euler, t1)
             states = [z + dt * 0.5 * (a + b) for z, dt, a, b in zip(states, dts, v0, v1)]
+        if on_step is not None:
+            on_step()                 # a progress bar that advances per sampler step
     return states[0]
 
 

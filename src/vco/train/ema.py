@@ -1,4 +1,11 @@
-"""Exponential moving averages of the trainable weights (JiT keeps two: 0.9999 and 0.9996)."""
+"""Exponential moving averages of the trainable weights (JiT keeps two: 0.9999 and 0.9996).
+
+With warm-up (the usual form), update t (0-based) uses decay_t = min(decay, (1 + t) / (10 + t)):
+0.1 at the first update, 0.5 at t = 8, 0.99 at t = 890, 0.9999 from t = 89,990 on. So the EMA of a
+short run follows the training weights instead of holding mostly the initial noise (0.99^60 = 55%
+of it after 60 plain updates), while a long run's final EMA changes only by the weight the early
+steps had: at 0.9999 it is at most 0.9999^(T - 89,990) of the average, e.g. 1e-7 at T = 250k.
+"""
 from __future__ import annotations
 
 import torch
@@ -8,17 +15,23 @@ import torch.nn as nn
 class EMA:
     """ema <- decay * ema + (1 - decay) * theta for every trainable parameter, in fp32."""
 
-    def __init__(self, model: nn.Module, decay: float):
-        self.decay = decay
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         params = dict(model.named_parameters())
         self.shadow = {n: params[n].detach().clone().float() for n in self.names}
 
+    def decay_at(self, t: int) -> float:
+        """The decay of update t (0-based): min(decay, (1 + t) / (10 + t)) with warm-up."""
+        return min(self.decay, (1 + t) / (10 + t)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, t: int = 10**12) -> None:
+        """ema <- d ema + (1 - d) theta with d = decay_at(t); t: the training step (the
+        default is past any warm-up)."""
         params = dict(model.named_parameters())
         torch._foreach_lerp_([self.shadow[n] for n in self.names],
-                             [params[n].detach().float() for n in self.names], 1.0 - self.decay)
+                             [params[n].detach().float() for n in self.names], 1.0 - self.decay_at(t))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self.shadow

@@ -83,9 +83,9 @@ class Trainer:
         self.params = dict(self.model.named_parameters())
         self.params.update({f"aux.{n}": p for n, p in self.aux_params.items()})
         self.optimizer = self._optimizer()
-        self.emas = [EMA(self.model, d) for d in tc.ema_decays]
-        if tc.compile:
-            self.model.compile()                   # in place: parameter names stay unchanged
+        self.emas = [EMA(self.model, d, tc.ema_warmup) for d in tc.ema_decays]
+        if tc.compile:                             # in place: parameter names stay unchanged
+            self.model.compile(backend=tc.compile_backend)
         self.forward = self._wrapped_objective()
         self.step = 0
         self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
@@ -277,7 +277,7 @@ class Trainer:
         if loss_finite and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
             for ema in self.emas:
-                ema.update(self.model)
+                ema.update(self.model, self.step)
             self.bad_in_row = 0
         else:
             self.skipped += 1
@@ -296,13 +296,14 @@ class Trainer:
         start, t0, window = self.step, time.time(), time.time()
         last_loss = float("nan")
         it = iter(self.loader(self.step, tc.steps))
-        bar = tqdm(total=tc.steps, initial=self.step, desc="train", disable=not (progress and main),
-                   dynamic_ncols=True)
-        stopped_early = False
+        bar = self._progress_bar(enabled=progress and main)
+        stopped_early, step_s = False, 0.0
         while self.step < tc.steps:
+            began = time.time()
             terms = self.train_step([next(it) for _ in range(tc.grad_accum)])
+            step_s = time.time() - began
             last_loss = terms["loss"]
-            bar.update(1)
+            self._advance(bar, t0, terms)
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 now = time.time()
                 rate = tc.log_every * self.global_batch / max(now - window, 1e-9)
@@ -311,8 +312,6 @@ class Trainer:
                                           **{k: round(v, 6) for k, v in terms.items()},
                                           "lr": self.optimizer.param_groups[0]["lr"],
                                           "img_per_s": round(rate, 2), "elapsed_s": round(now - t0, 2)})
-                bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                img_s=f"{rate:.0f}")
             if self.bad_in_row >= tc.max_bad_steps:
                 raise FloatingPointError(
                     f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient "
@@ -320,7 +319,7 @@ class Trainer:
                     f"{self.run_dir} is intact: lower the lr or check the data, then --resume")
             if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
                 self.save()                        # never checkpoint in the middle of a bad streak
-            if self.out_of_time(t0):
+            if self.out_of_time(t0, step_s):
                 stopped_early = self.step < tc.steps
                 break
         bar.close()
@@ -338,7 +337,26 @@ class Trainer:
         remove_stale_temporaries(self.run_dir)
         save_config(self.cfg, self.run_dir / "config.yaml")
 
-    def out_of_time(self, t0: float) -> bool:
-        """train.time_limit_min has passed (on any rank: every rank stops at the same step)."""
-        limit = self.cfg.train.time_limit_min
-        return limit > 0 and self.world.mean([float(time.time() - t0 > limit * 60)], self.device)[0] > 0
+    def out_of_time(self, t0: float, step_s: float) -> bool:
+        """Another step would end past train.time_limit_min (so a time-limited run ends inside its
+        limit); decided on every rank alike, so that all stop at the same step."""
+        limit = self.cfg.train.time_limit_min * 60
+        late = time.time() - t0 + step_s > limit
+        return limit > 0 and self.world.mean([float(late)], self.device)[0] > 0
+
+    def _progress_bar(self, enabled: bool):
+        """Steps of train.steps, or, for a time-limited run, seconds of its time budget."""
+        limit = self.cfg.train.time_limit_min * 60
+        if limit > 0:
+            return tqdm(total=round(limit), desc="train", unit="s", disable=not enabled, dynamic_ncols=True,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s budget{postfix}")
+        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", disable=not enabled,
+                    dynamic_ncols=True)
+
+    def _advance(self, bar, t0: float, terms: dict) -> None:
+        if self.cfg.train.time_limit_min > 0:
+            bar.n = min(time.time() - t0, bar.total)
+            bar.set_postfix_str(f" step {self.step}, loss {terms['loss']:.4f}", refresh=True)
+        else:
+            bar.update(1)
+            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")

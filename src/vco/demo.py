@@ -1,0 +1,110 @@
+"""`vco demo`: train a tiny preset for a wall-clock budget, then sample a grid, all inside it.
+
+The budget covers the whole job: setup, training, sampling and plots. Before training, one
+sampler evaluation is timed at the sampling batch, so the sampling time is known in advance and
+training is given what remains (the trainer stops before a step would cross its limit).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import config as C
+
+PLOT_RESERVE_S = 5.0          # grid PNG, loss curve, reading the checkpoint back
+SAFETY = 1.15                 # sampling timed once; keep a margin for its variation
+
+
+@dataclass
+class Budget:
+    """A wall-clock budget started at ``start`` (time.time())."""
+    seconds: float
+    start: float
+
+    def left(self) -> float:
+        return self.seconds - (time.time() - self.start)
+
+
+@torch.no_grad()
+def sampling_seconds(model, cfg: C.Config, num: int, batch_size: int, device="cpu") -> float:
+    """Predicted wall time of sampling ``num`` images: one guided velocity evaluation at the
+    sampling batch, timed after a warm-up, times the evaluations the sampler makes (Heun: 2 per
+    step, 1 on the last), times the batches."""
+    from .diffusion.sampler import guided_velocity
+    from .semantic.stream import stream_times
+    b = min(batch_size, num)
+    states = [torch.randn(s, device=device) for s in model.stream_shapes(b)]
+    y = torch.zeros(b, dtype=torch.long, device=device)
+    times = stream_times(cfg, len(states))
+    w = cfg.sampler.cfg if cfg.sampler.cfg != 1.0 else 2.0       # time the (dearer) guided pass
+    run = lambda: guided_velocity(model.eval(), states, 0.5, y, w, cfg.model.num_classes,
+                                  cfg.diffusion.t_eps, times)
+    run()
+    t = time.perf_counter()
+    run()
+    per_eval = time.perf_counter() - t
+    evals = 2 * cfg.sampler.steps - 1 if cfg.sampler.method == "heun" else cfg.sampler.steps
+    return per_eval * evals * -(-num // b)
+
+
+def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
+    # Small batches give more optimizer steps in minutes; blr keeps the per-step lr at 5e-4.
+    overrides = [f"data.name={data}", f"train.batch_size={batch_size}",
+                 f"train.blr={5e-4 * 256 / batch_size}", "train.log_every=5"]
+    if C.build_config(preset).data.classes_per_batch:
+        overrides.append(f"data.classes_per_batch={max(1, batch_size // 4)}")
+    return overrides
+
+
+def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, batch_size: int = 16,
+             per_class: int = 6, sample_steps: int = 25, max_steps: int = 100_000,
+             data: str = "fashion-mnist", extra: list[str] | None = None) -> dict:
+    """Train (or continue) the demo run in ``out/run`` and write ``out/samples.png`` and
+    ``out/loss.png``, all within ``minutes``; returns what was done and how long it took."""
+    from .plots import plot_loss_curves
+    from .sampling import class_labels, generate, save_grid
+    from .train import Trainer, load_run_model
+    budget = Budget(minutes * 60, time.time())
+    out, run = Path(out), Path(out) / "run"
+    overrides = demo_overrides(preset, batch_size, data) + list(extra or [])
+    if (run / "checkpoint.safetensors").exists():
+        print(f"continuing the demo run in {run} (delete {out} to start afresh)")
+        trainer = Trainer(C.build_config(config_file=run / "config.yaml", overrides=overrides), run,
+                          resume=True)
+        trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + max_steps)
+    else:
+        trainer = Trainer(C.build_config(preset, overrides=overrides + [f"train.steps={max_steps}"]), run)
+    cfg = trainer.cfg
+    cfg.sampler.steps = sample_steps
+    num = per_class * cfg.model.num_classes
+    sample_batch = min(100, num)
+    predicted = sampling_seconds(trainer.model, cfg, num, sample_batch, trainer.device)
+    reserve = SAFETY * predicted + PLOT_RESERVE_S
+    train_s = budget.left() - reserve
+    if train_s < 10:
+        raise C.ConfigError(f"--minutes {minutes} leaves {max(train_s, 0):.0f} s for training once setup and "
+                            f"sampling ({reserve:.0f} s here) are paid: give more minutes")
+    trainer.cfg.train.time_limit_min = train_s / 60
+    print(f"{minutes:g} min budget: {train_s / 60:.1f} min of training {cfg.preset} "
+          f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params), "
+          f"{reserve / 60:.1f} min kept for sampling {num} images at {sample_steps} Heun steps")
+    summary = trainer.train()
+    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
+    model, run_cfg, meta = load_run_model(run, "ema1", trainer.device)
+    run_cfg.sampler.steps = sample_steps
+    labels = class_labels(num, run_cfg.model.num_classes)
+    t = time.time()
+    images = generate(model, run_cfg, labels, seed=0, batch_size=sample_batch, device=trainer.device)
+    sample_s = time.time() - t
+    grid = save_grid(images, labels, meta["class_names"], out / "samples.png")
+    curve = plot_loss_curves(run / "metrics.jsonl", out / "loss.png")
+    total = budget.seconds - budget.left()
+    print(f"sample grid: {grid}\nloss curve:  {curve}\nrun folder:  {run}\n"
+          f"total {total / 60:.1f} min of the {minutes:g} min budget (sampling {sample_s:.0f} s, "
+          f"predicted {predicted:.0f} s)")
+    return {"steps": summary["steps"], "final_step": summary["final_step"], "train_s": summary["seconds"],
+            "sample_s": sample_s, "predicted_sample_s": predicted, "total_s": total,
+            "budget_s": budget.seconds, "grid": str(grid), "curve": str(curve)}

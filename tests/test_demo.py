@@ -1,0 +1,55 @@
+"""`vco demo`: the whole job (setup, training, sampling, plots) fits the time budget, and the
+progress it shows advances per step."""
+import time
+
+import pytest
+import torch
+
+from vco.config import DiffusionConfig, SamplerConfig, build_config
+from vco.demo import run_demo
+from vco.diffusion import sample
+from vco.train import Trainer
+
+TINY = ["image_size=16", "hidden_size=32", "depth=2", "num_heads=2", "bottleneck_dim=8",
+        "in_context_len=2", "in_context_start=1", "precision=fp32", "synthetic_size=64"]
+
+
+def test_the_demo_budget_covers_training_and_sampling(tmp_path):
+    budget_s = 24.0
+    r = run_demo(tmp_path / "demo", "jit-tiny", minutes=budget_s / 60, batch_size=8, per_class=2,
+                 sample_steps=4, data="synthetic", extra=TINY)
+    assert r["total_s"] <= budget_s + 1.0                     # sampling and plots included
+    assert r["train_s"] < budget_s - r["sample_s"]            # training stopped early enough
+    assert r["steps"] > 5 and (tmp_path / "demo" / "samples.png").is_file()
+    assert (tmp_path / "demo" / "loss.png").is_file()
+    # the prediction that sized the training share is of the right order
+    assert r["predicted_sample_s"] == pytest.approx(r["sample_s"], rel=1.0, abs=1.0)
+
+
+def test_a_budget_too_small_for_sampling_is_a_clear_error(tmp_path):
+    from vco.config import ConfigError
+    with pytest.raises(ConfigError, match="give more minutes"):
+        run_demo(tmp_path / "d", "jit-tiny", minutes=0.05, batch_size=8, per_class=2, sample_steps=4,
+                 data="synthetic", extra=TINY)
+
+
+def test_time_limited_training_stops_before_the_limit(tmp_path):
+    """A step that would end past train.time_limit_min is not started."""
+    cfg = build_config("jit-tiny", overrides=TINY + ["data.name=synthetic", "batch_size=8",
+                                                      "train.steps=100000", "time_limit_min=0.05"])
+    trainer = Trainer(cfg, tmp_path / "r")
+    t = time.time()
+    summary = trainer.train(progress=False)
+    assert summary["stopped_by_time_limit"] and time.time() - t <= 3.0 + 0.5
+
+
+def test_the_sampler_reports_every_step():
+    calls = []
+
+    class Zero(torch.nn.Module):
+        def forward(self, z, t, y, *rest, drop=None):
+            return torch.zeros_like(z), None
+
+    sample(Zero(), torch.tensor([0]), [torch.randn(1, 3, 4, 4)], SamplerConfig(steps=7, cfg=1.0),
+           DiffusionConfig(), null_label=10, on_step=lambda: calls.append(1))
+    assert len(calls) == 7
