@@ -16,6 +16,8 @@ from . import config as C
 
 PLOT_RESERVE_S = 5.0          # grid PNG, loss curve, reading the checkpoint back
 SAFETY = 1.15                 # sampling timed once; keep a margin for its variation
+SAMPLING_SHARE = 0.3          # at most this share of the budget goes to sampling
+MIN_STEPS, MIN_PER_CLASS = 8, 2
 
 
 @dataclass
@@ -28,11 +30,16 @@ class Budget:
         return self.seconds - (time.time() - self.start)
 
 
+def sampler_evaluations(cfg: C.Config) -> int:
+    """Velocity evaluations of one sampling run: Heun 2 per step, 1 on the last; Euler 1."""
+    return 2 * cfg.sampler.steps - 1 if cfg.sampler.method == "heun" else cfg.sampler.steps
+
+
 @torch.no_grad()
 def sampling_seconds(model, cfg: C.Config, num: int, batch_size: int, device="cpu") -> float:
     """Predicted wall time of sampling ``num`` images: one guided velocity evaluation at the
-    sampling batch, timed after a warm-up, times the evaluations the sampler makes (Heun: 2 per
-    step, 1 on the last), times the batches."""
+    sampling batch, timed after a warm-up, times the evaluations the sampler makes, times the
+    batches."""
     from .diffusion.sampler import guided_velocity
     from .semantic.stream import stream_times
     b = min(batch_size, num)
@@ -46,8 +53,25 @@ def sampling_seconds(model, cfg: C.Config, num: int, batch_size: int, device="cp
     t = time.perf_counter()
     run()
     per_eval = time.perf_counter() - t
-    evals = 2 * cfg.sampler.steps - 1 if cfg.sampler.method == "heun" else cfg.sampler.steps
-    return per_eval * evals * -(-num // b)
+    return per_eval * sampler_evaluations(cfg) * -(-num // b)
+
+
+def fit_sampling(model, cfg: C.Config, per_class: int, budget_s: float, device) -> tuple[int, float]:
+    """Fewer Heun steps (down to 8), then fewer samples per class (down to 2), until sampling
+    takes at most SAMPLING_SHARE of the budget; returns (per_class, predicted seconds) and sets
+    cfg.sampler.steps. A slow machine gets a smaller grid, not a budget overrun."""
+    while True:
+        num = per_class * cfg.model.num_classes
+        predicted = sampling_seconds(model, cfg, num, min(100, num), device)
+        if SAFETY * predicted <= SAMPLING_SHARE * budget_s:
+            return per_class, predicted
+        if cfg.sampler.steps > MIN_STEPS:
+            cfg.sampler.steps = max(MIN_STEPS, int(cfg.sampler.steps * SAMPLING_SHARE * budget_s
+                                                   / (SAFETY * predicted)))
+        elif per_class > MIN_PER_CLASS:
+            per_class -= 1
+        else:
+            return per_class, predicted
 
 
 def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
@@ -79,9 +103,10 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
         trainer = Trainer(C.build_config(preset, overrides=overrides + [f"train.steps={max_steps}"]), run)
     cfg = trainer.cfg
     cfg.sampler.steps = sample_steps
+    per_class, predicted = fit_sampling(trainer.model, cfg, per_class, budget.seconds, trainer.device)
+    sample_steps = cfg.sampler.steps
     num = per_class * cfg.model.num_classes
     sample_batch = min(100, num)
-    predicted = sampling_seconds(trainer.model, cfg, num, sample_batch, trainer.device)
     reserve = SAFETY * predicted + PLOT_RESERVE_S
     train_s = budget.left() - reserve
     if train_s < 10:
