@@ -54,6 +54,23 @@ def component_options(options_cls: type, spec: dict, path: str):
     return options_cls(**values)
 
 
+def choose(registry: dict, value: Any, path: str, default: str) -> tuple[str, Any, Any]:
+    """(name, registered class, its filled options) of the component ``value`` names in
+    ``registry`` (name -> class with an ``Options`` dataclass, or None for "no component")."""
+    spec = component_spec(value, path)
+    name = spec.get("name", default)
+    if name not in registry:
+        raise ConfigError(f"unknown {path} '{name}'; choose one of {', '.join(registry)}")
+    cls = registry[name]
+    return name, cls, None if cls is None else component_options(cls.Options, spec, path)
+
+
+def resolved(registry: dict, value: Any, path: str, default: str) -> dict:
+    """The component ``value`` names with every option spelled out (what config.yaml records)."""
+    name, _, options = choose(registry, value, path, default)
+    return {"name": name} if options is None else component_dict(name, options)
+
+
 def component_dict(name: str, options) -> dict:
     """{name, every option} of a built component: what a run's config.yaml records."""
     d = {"name": name}

@@ -60,16 +60,16 @@ def cmd_demo(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from ..losses import aux_loss_class, aux_loss_options
+    from ..losses import aux_loss
     from ..losses.base import BuildContext
     from ..models import count_params
     from ..resolve import resolve_config
     cfg = resolve_config(C.build_config(args.preset, args.config, set_overrides(args)))
     print(C.to_yaml(cfg), end="")
-    aux = aux_loss_class(cfg) if cfg.model.co_denoising else None
+    aux, options = aux_loss(cfg) if cfg.model.co_denoising else (None, None)
     if aux is not None and not aux.uses_encoder:   # an encoder-space loss trains nothing itself
         with torch.device("meta"):
-            term = aux(aux_loss_options(cfg), BuildContext(cfg.model, cfg.diffusion))
+            term = aux(options, BuildContext(cfg.model, cfg.diffusion))
         extra = sum(p.numel() for p in term.parameters() if p.requires_grad)
         if extra:
             print(f"aux_loss_params={extra}  # trained with the model, not used for sampling")

@@ -7,7 +7,7 @@ reads (vco.losses.base); adding one is its file plus a line in ``AUX_LOSSES``.
 """
 from __future__ import annotations
 
-from ..components import ConfigError, component_dict, component_options, component_spec
+from ..components import choose, resolved
 from ..config import Config
 from .base import BuildContext, LossTerm, StepTensors, WeightOnly
 from .drifting import DriftingLoss
@@ -26,25 +26,15 @@ AUX_LOSSES: dict[str, type[LossTerm] | None] = {
 }
 
 
-def aux_loss_class(cfg: Config) -> type[LossTerm] | None:
-    name = component_spec(cfg.semantic.aux_loss, "semantic.aux_loss").get("name", "hybrid")
-    if name not in AUX_LOSSES:
-        raise ConfigError(f"unknown semantic.aux_loss '{name}'; choose one of {', '.join(AUX_LOSSES)}")
-    return AUX_LOSSES[name]
-
-
-def aux_loss_options(cfg: Config):
-    """The options dataclass of the configured auxiliary loss (defaults filled in), or None."""
-    cls = aux_loss_class(cfg)
-    return None if cls is None else component_options(cls.Options, cfg.semantic.aux_loss,
-                                                      "semantic.aux_loss")
+def aux_loss(cfg: Config) -> tuple[type[LossTerm] | None, object]:
+    """(the configured auxiliary loss's class, its filled options); (None, None) for "none"."""
+    _, cls, options = choose(AUX_LOSSES, cfg.semantic.aux_loss, "semantic.aux_loss", "hybrid")
+    return cls, options
 
 
 def resolved_aux_loss(cfg: Config) -> dict:
     """semantic.aux_loss with every option of its loss spelled out (what config.yaml records)."""
-    options = aux_loss_options(cfg)
-    name = component_spec(cfg.semantic.aux_loss, "semantic.aux_loss").get("name", "hybrid")
-    return {"name": name} if options is None else component_dict(name, options)
+    return resolved(AUX_LOSSES, cfg.semantic.aux_loss, "semantic.aux_loss", "hybrid")
 
 
 def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
@@ -54,13 +44,13 @@ def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
     if not cfg.model.co_denoising:
         return terms
     terms["sem"] = SemanticVLoss(WeightOnly(cfg.semantic.loss_weight), context)
-    cls = aux_loss_class(cfg)
+    cls, options = aux_loss(cfg)
     if cls is not None:
-        terms["aux"] = cls(aux_loss_options(cfg), context)
+        terms["aux"] = cls(options, context)
     return terms
 
 
 __all__ = ["AUX_LOSSES", "BuildContext", "LossTerm", "StepTensors", "build_loss_terms",
-           "aux_loss_options", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
+           "aux_loss", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
            "DriftingLoss", "PixelVLoss", "SemanticVLoss", "hybrid_field", "hybrid_regression_loss",
            "hybrid_loss_from_features"]

@@ -23,9 +23,10 @@ from typing import Iterable, Optional
 
 import torch
 
-from ..files import atomic_write
-from ..components import ConfigError, component_dict, component_options, component_spec
+from ..components import choose, resolved
 from ..diffusion.flow import SameTime
+from ..files import atomic_write
+
 FORMAT = "vco.feature_stats.v1"
 
 
@@ -329,28 +330,15 @@ class TimeShift(Calibration):
 CALIBRATIONS = {"rms": RMSScaling, "none": NoCalibration, "time_shift": TimeShift}
 
 
-def calibration_class(spec) -> type[Calibration]:
-    name = component_spec(spec, "semantic.calibration").get("name", "rms")
-    if name not in CALIBRATIONS:
-        raise ConfigError(f"unknown semantic.calibration '{name}'; choose one of {', '.join(CALIBRATIONS)}")
-    return CALIBRATIONS[name]
-
-
 def resolved_calibration(spec) -> dict:
     """semantic.calibration with every option of its calibration spelled out."""
-    cls = calibration_class(spec)
-    options = component_options(cls.Options, component_spec(spec, "semantic.calibration"),
-                                "semantic.calibration")
-    return component_dict(component_spec(spec, "semantic.calibration").get("name", "rms"), options)
+    return resolved(CALIBRATIONS, spec, "semantic.calibration", "rms")
 
 
 def build_calibration(spec, ratio: float | None) -> Calibration:
     """The calibration ``spec`` names (a name or {name, options}) for the measured ratio s."""
-    cls = calibration_class(spec)
-    name = component_spec(spec, "semantic.calibration").get("name", "rms")
+    name, cls, options = choose(CALIBRATIONS, spec, "semantic.calibration", "rms")
     if ratio is None or not ratio > 0:
         raise ValueError(f"semantic.calibration={name} needs the RMS ratio semantic.scale > 0 "
                          f"(measured by `vco stats` or at the start of training), got {ratio}")
-    options = component_options(cls.Options, component_spec(spec, "semantic.calibration"),
-                                "semantic.calibration")
     return cls(float(ratio), options)
