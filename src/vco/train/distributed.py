@@ -86,17 +86,6 @@ def shard_module(module: torch.nn.Module) -> None:
     fully_shard(module)
 
 
-def sharded_modules(root: torch.nn.Module) -> list[torch.nn.Module]:
-    """The FSDP2 roots under ``root`` (the model and any sharded loss term), outermost first."""
-    from torch.distributed.fsdp import FSDPModule
-    found: list[torch.nn.Module] = []
-    for module in root.modules():
-        if isinstance(module, FSDPModule) and not any(m is not module and module in set(m.modules())
-                                                      for m in found):
-            found.append(module)
-    return found
-
-
 def full_tensor(t: torch.Tensor) -> torch.Tensor:
     """A plain tensor of the whole value (all-gathers a sharded DTensor: call on every rank)."""
     from torch.distributed.tensor import DTensor

@@ -27,9 +27,9 @@ from ..data import (BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSa
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.randomness import SampleStreams, sample_seed
 from ..models import build_model
+from ..files import remove_stale_temporaries
 from ..resolve import resolve_config
 from . import distributed
-from ..files import remove_stale_temporaries
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
                          optimizer_tensors, read_meta, save_checkpoint, state_mismatch)
 from .ema import EMA
@@ -67,11 +67,13 @@ class Trainer:
         self.semantic = self._semantic_targets()
         self.objective = build_objective(self.cfg, self.model, *self._semantic_parts())
         self.sharded = self._parallel_kind() == "fsdp"
+        self.fsdp_roots = []                       # what FSDP wraps: the model, trainable loss terms
         if self.sharded:                           # before the optimizer and EMAs see the parameters
             distributed.shard(self.model)
-            for term in self.objective.terms.values():
-                if any(p.requires_grad for p in term.parameters()):
-                    distributed.shard_module(term)
+            self.fsdp_roots = [self.model] + [t for t in self.objective.terms.values()
+                                              if any(p.requires_grad for p in t.parameters())]
+            for term in self.fsdp_roots[1:]:
+                distributed.shard_module(term)
         # The global batch is split into micro-batches of batch_size: grad_accum per rank.
         self.chunks = tc.grad_accum * self.world.size
         self.global_batch = tc.batch_size * self.chunks
@@ -264,7 +266,7 @@ class Trainer:
     def gradient_sync(self, last: bool):
         """Replicas all-reduce (FSDP reduce-scatters) gradients on the last micro-batch only."""
         if self.sharded:
-            for module in distributed.sharded_modules(self.objective):
+            for module in self.fsdp_roots:        # each applies it to its sharded children
                 module.set_requires_gradient_sync(last)
             return nullcontext()
         return nullcontext() if last or self.forward is self.objective else self.forward.no_sync()
