@@ -59,12 +59,15 @@ def test_a_tight_budget_shrinks_the_sampling_not_the_deadline(monkeypatch):
     """Sampling is cut (Heun steps first, down to 8; then samples per class, down to 2) until it
     takes at most 30% of the budget: a slow machine gets a smaller grid, never an overrun."""
     import vco.demo as demo
-    monkeypatch.setattr(demo, "sampling_seconds",     # 0.1 s per evaluation per batch of <= 100
-                        lambda model, cfg, num, b, device: 0.1 * demo.sampler_evaluations(cfg) * -(-num // b))
+    timed = []                                        # 0.1 s per evaluation, whatever the batch
+    monkeypatch.setattr(demo, "evaluation_seconds", lambda model, cfg, b, device: timed.append(b) or 0.1)
     cfg = build_config("jit-tiny", overrides=["sampler.steps=25"])
     per_class, predicted = demo.fit_sampling(None, cfg, 6, budget_s=10.0, device="cpu")
     assert per_class == 6 and cfg.sampler.steps < 25
     assert demo.SAFETY * predicted <= demo.SAMPLING_SHARE * 10.0
+    assert timed == [60]                              # steps cut: the one batch size timed once
+    timed.clear()
     cfg = build_config("jit-tiny", overrides=["sampler.steps=25"])
     per_class, predicted = demo.fit_sampling(None, cfg, 30, budget_s=1.0, device="cpu")
     assert (cfg.sampler.steps, per_class) == (demo.MIN_STEPS, demo.MIN_PER_CLASS)   # the floors
+    assert len(timed) == len(set(timed))              # each batch size is timed once

@@ -36,13 +36,10 @@ def sampler_evaluations(cfg: C.Config) -> int:
 
 
 @torch.no_grad()
-def sampling_seconds(model, cfg: C.Config, num: int, batch_size: int, device="cpu") -> float:
-    """Predicted wall time of sampling ``num`` images: one guided velocity evaluation at the
-    sampling batch, timed after a warm-up, times the evaluations the sampler makes, times the
-    batches."""
+def evaluation_seconds(model, cfg: C.Config, b: int, device="cpu") -> float:
+    """Wall time of one guided velocity evaluation at batch ``b``, timed after a warm-up."""
     from .diffusion.sampler import guided_velocity
     from .semantic.stream import stream_times
-    b = min(batch_size, num)
     states = [torch.randn(s, device=device) for s in model.stream_shapes(b)]
     y = torch.zeros(b, dtype=torch.long, device=device)
     times = stream_times(cfg, len(states))
@@ -52,7 +49,12 @@ def sampling_seconds(model, cfg: C.Config, num: int, batch_size: int, device="cp
     run()
     t = time.perf_counter()
     run()
-    per_eval = time.perf_counter() - t
+    return time.perf_counter() - t
+
+
+def sampling_seconds(per_eval: float, cfg: C.Config, num: int, b: int) -> float:
+    """Predicted wall time of sampling ``num`` images in batches of ``b``: the evaluations the
+    sampler makes, each ``per_eval`` seconds, times the batches."""
     return per_eval * sampler_evaluations(cfg) * -(-num // b)
 
 
@@ -60,9 +62,13 @@ def fit_sampling(model, cfg: C.Config, per_class: int, budget_s: float, device) 
     """Fewer Heun steps (down to 8), then fewer samples per class (down to 2), until sampling
     takes at most SAMPLING_SHARE of the budget; returns (per_class, predicted seconds) and sets
     cfg.sampler.steps. A slow machine gets a smaller grid, not a budget overrun."""
+    per_eval: dict[int, float] = {}          # batch size -> seconds: timed once each
     while True:
         num = per_class * cfg.model.num_classes
-        predicted = sampling_seconds(model, cfg, num, min(100, num), device)
+        b = min(100, num)
+        if b not in per_eval:
+            per_eval[b] = evaluation_seconds(model, cfg, b, device)
+        predicted = sampling_seconds(per_eval[b], cfg, num, b)
         if SAFETY * predicted <= SAMPLING_SHARE * budget_s:
             return per_class, predicted
         if cfg.sampler.steps > MIN_STEPS:
