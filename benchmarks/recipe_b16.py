@@ -28,7 +28,7 @@ import time
 import torch
 
 from vco.config import build_config
-from vco.device import cpu_has_bf16, resolve_device
+from vco.device import autocast, cpu_has_bf16, resolve_device
 from vco.diffusion.sampler import guided_velocity
 from vco.semantic.stream import stream_times
 from vco.train import Trainer
@@ -58,7 +58,7 @@ def step_parts(trainer: Trainer, batch) -> dict[str, float]:
     rng = trainer.streams(0)
     x, y, flipped = trainer.batch(images, labels, rng)
     out: dict[str, float] = {}
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=trainer.precision == "bf16"):
+    with autocast(trainer.precision, dev):
         holder = {}
         out["targets"] = timed(lambda: holder.update(f=trainer.semantic.targets(
             x, trainer.indices(0), flipped)), dev)
@@ -82,8 +82,7 @@ def sample_pair(trainer: Trainer) -> float:
     states = [torch.randn(s, generator=g, device=trainer.device) for s in model.stream_shapes(2)]
     y = torch.tensor([3, 7], device=trainer.device)
     times = stream_times(cfg, len(states))
-    with torch.no_grad(), torch.autocast(trainer.device.type, dtype=torch.bfloat16,
-                                         enabled=trainer.precision == "bf16"):
+    with torch.no_grad(), autocast(trainer.precision, trainer.device):
         return timed(lambda: guided_velocity(model, states, 0.5, y, cfg.sampler.cfg, cfg.model.num_classes,
                                              cfg.diffusion.t_eps, times), trainer.device)
 

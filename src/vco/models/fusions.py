@@ -17,6 +17,8 @@ is removed at its only entrance: its semantic embedding is zeroed before the mer
 """
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
@@ -26,20 +28,20 @@ from .jit import in_context_tokens
 from .vco import CoDenoisingTransformer
 
 
-class Fusion(nn.Module):
+class Fusion(nn.Module, metaclass=abc.ABCMeta):
     """merge (B, N, H) x 2 -> trunk sequence; split trunk sequence -> 2 x (B, ctx + N, H)."""
     separate_tokens = False         # the trunk keeps pixel and semantic tokens apart (maskable)
 
     def __init__(self, hidden: int):
         super().__init__()
 
+    @abc.abstractmethod
     def merge(self, pixel: torch.Tensor, semantic: torch.Tensor) -> torch.Tensor:
         """The embedded streams (B, N, H) each -> the trunk's input sequence."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def split(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The trunk's output -> (pixel, semantic) sequences for the per-stream blocks."""
-        raise NotImplementedError
 
     def add_context(self, h, ctx):
         """Prepend the in-context tokens ctx (B, L, H) to the trunk sequence."""

@@ -13,6 +13,7 @@ RAE stores (C, G, G); `from_rae_layout` / `to_rae_layout` convert.
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -278,7 +279,7 @@ class TimeShiftOptions:
     alpha: Optional[float] = None     # the shift's a; None: the measured RMS ratio s
 
 
-class Calibration:
+class Calibration(abc.ABC):
     """Base: features multiplied by ``feature_scale()``, semantic stream on ``stream_time()``."""
     Options = NoOptions
 
@@ -286,8 +287,9 @@ class Calibration:
         self.ratio = float(ratio)
         self.options = options if options is not None else self.Options()
 
+    @abc.abstractmethod
     def feature_scale(self) -> float:
-        raise NotImplementedError
+        """What the variance-normalised features are multiplied by."""
 
     def stream_time(self):
         return SameTime()
