@@ -25,6 +25,9 @@ def test_every_variant_shares_the_budget_and_the_recipe_rows_are_named():
         assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed) == (400, 16, 0)
         assert cfg.train.blr * cfg.train.batch_size / 256 == pytest.approx(ladder.LR)
         assert cfg.data.name == "fashion-mnist" and cfg.model.image_size == 32
+    # the first CPU presets are pinned: the recorded table stays reproducible after the presets moved on
+    assert (cfgs["jit-tiny"].model.hidden_size, cfgs["jit-tiny-wide"].model.hidden_size) == (256, 360)
+    assert cfgs["vco-tiny"].semantic.encoder_layer == 14 and cfgs["vco-tiny"].train.ema_decays == (0.99, 0.999)
     assert cfgs["jit-tiny"].model.fusion == "none"
     full = cfgs["vco-tiny"]
     assert (full.model.fusion, full.model.uncond, full.semantic.aux_loss["name"],

@@ -135,6 +135,19 @@ def test_mobilenet_stage_choice_sets_resolution_and_width():
         MobileNetV2Encoder(grid=3, layer=20, weights=WEIGHTS)
 
 
+def test_encoder_layer_reaches_the_encoder_from_the_config():
+    from vco.components import ConfigError
+    from vco.config import build_config
+    from vco.semantic.stream import encoder_from_config
+    cfg = build_config("vco-tiny", overrides=["semantic.encoder_layer=7"])   # 28 px / patch 4: grid 7
+    enc = encoder_from_config(cfg)
+    assert (enc.layer, enc.feature_dim, enc.input_size) == (7, 32, 56)
+    assert "features[:7]" in enc.name                   # statistics and caches name the layer
+    cfg = build_config("vco-tiny", overrides=["semantic.encoder=dinov2_random", "semantic.encoder_layer=7"])
+    with pytest.raises(ConfigError, match="encoder_layer must be 0"):
+        encoder_from_config(cfg)
+
+
 def test_batchnorm_folding_keeps_the_function():
     from vco.semantic.mobilenet import fold_batchnorm
     torch.manual_seed(0)

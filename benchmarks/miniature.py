@@ -1,0 +1,235 @@
+"""The paper's comparison in miniature: JiT against V-Co and V-Co without each of its four
+ingredients, on Fashion-MNIST at its native 28 px, with the CPU presets (jit-tiny, vco-tiny).
+
+    python benchmarks/miniature.py [--only jit-tiny vco-tiny] [--guided] [--threads 2]
+
+Every variant trains the preset's steps with the preset's batch, lr and seed (hence the same data
+order) and is scored at ``EVAL_AT`` steps (FID / precision / recall / KID of 2,000 unguided samples,
+200 per class, against the 10,000 test images), so the results hold both comparisons the paper
+makes: at equal optimizer steps (the same row of steps) and at equal training time (each variant at
+its evaluation point closest below JiT's final training seconds). ``--guided`` adds, at the final
+step, a CFG sweep on 200 samples of another seed and the 2,000-sample FID at the w it picks.
+
+Runs continue from their last checkpoint (an evaluation point is reached by resuming the run with
+more steps: a resumed run equals an uninterrupted one) and every finished evaluation is cached, so
+the command can be stopped and restarted at any time. Results: docs/results/miniature.{md,json,png}
+and docs/results/miniature/<variant>.png (sample grids).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ladder import _cached, reference, training_seconds
+from vco.config import build_config
+from vco.eval import InceptionFeatures, load_reference
+from vco.eval.evaluate import EvalSettings, evaluate, write_json
+from vco.models import count_params
+from vco.train import Trainer, load_run_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Variant:
+    name: str
+    preset: str
+    overrides: list[str] = field(default_factory=list)
+    removes: str = ""        # which of V-Co's four ingredients it lacks
+
+
+VARIANTS = [
+    Variant("jit-tiny", "jit-tiny", [], "all four (the baseline)"),
+    Variant("jit-tiny-wide", "jit-tiny-wide", [], "all four, at V-Co's parameter count"),
+    Variant("vco-tiny", "vco-tiny", [], "none (full recipe)"),
+    Variant("vco-token_concat", "vco-tiny", ["fusion=token_concat"], "dual stream (shared weights)"),
+    Variant("vco-input_dropout", "vco-tiny", ["uncond=input_dropout_zeros"], "structural CFG branch"),
+    Variant("vco-no_hybrid", "vco-tiny", ["aux_loss=none"], "hybrid loss"),
+    Variant("vco-no_rms", "vco-tiny", ["calibration=none"], "RMS rescaling"),
+]
+BY_NAME = {v.name: v for v in VARIANTS}
+
+# The protocol; the training budget is the preset's own (train.steps, batch, lr, EMA).
+EVAL_AT = (450, 900, 1800)      # steps at which each variant is scored (the last = the preset's)
+FID_NUM, REF_NUM = 2000, 10_000
+SAMPLE_STEPS = 25               # Heun, as the presets sample
+SWEEP = (1.25, 1.5, 2.0, 3.0)   # --guided: w picked on SWEEP_NUM samples of seed 1
+SWEEP_NUM = 200
+LOG_EVERY = 10
+
+
+def variant_config(v: Variant, steps: int):
+    common = [f"train.steps={steps}", f"train.log_every={LOG_EVERY}", "train.precision=fp32",
+              "data.name=fashion-mnist", f"sampler.steps={SAMPLE_STEPS}"]
+    return build_config(v.preset, overrides=common + v.overrides)
+
+
+def train_to(v: Variant, run: Path, steps: int) -> dict:
+    """Train (or continue) ``run`` to ``steps``; (steps, training seconds so far)."""
+    meta = run / "checkpoint.json"
+    trainer = Trainer(variant_config(v, steps), run, resume=meta.is_file())
+    if trainer.step < steps:
+        trainer.train(progress=True)
+    return {"step": trainer.step, "seconds": round(training_seconds(run / "metrics.jsonl", LOG_EVERY), 1)}
+
+
+def score(run: Path, settings: EvalSettings, ref, inception, out_dir: Path | None = None) -> dict:
+    model, cfg, meta = load_run_model(run)
+    return evaluate(model, cfg, meta, settings, ref, "cpu", inception, out_dir)
+
+
+def run_variant(v: Variant, out: Path, ref, inception, guided: bool) -> dict:
+    run = out / v.name
+    points = []
+    for steps in EVAL_AT:
+        cache = run / f"eval_step{steps}.json"
+        if cache.is_file():
+            points.append(json.loads(cache.read_text()))
+            continue
+        print(f"== {v.name}: train to step {steps}", flush=True)
+        trained = train_to(v, run, steps)
+        result = score(run, EvalSettings(num=FID_NUM, cfg=1.0, steps=SAMPLE_STEPS, method="heun",
+                                         batch_size=100), ref, inception, run / f"eval_step{steps}")
+        point = {**trained, **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
+                 "eval_seconds": result["seconds"]}
+        write_json(cache, point)
+        print(json.dumps({"variant": v.name, **point}), flush=True)
+        points.append(point)
+    record = {"variant": v.name, "preset": v.preset, "overrides": v.overrides, "removes": v.removes,
+              "params": count_params(variant_config(v, EVAL_AT[-1]).model), "points": points,
+              "config": json.loads(json.dumps(read_config(run)))}
+    if guided:
+        record["guided"] = guided_eval(run, ref, inception)
+    return record
+
+
+def guided_eval(run: Path, ref, inception) -> dict:
+    sweep = [_cached(run / f"sweep_w{w:g}.json", lambda w=w: score(
+        run, EvalSettings(num=SWEEP_NUM, cfg=w, steps=SAMPLE_STEPS, method="heun", seed=1, batch_size=100),
+        ref, inception)) for w in SWEEP]
+    best = min(sweep, key=lambda r: r["fid"])["settings"]["cfg"]
+    final = _cached(run / "guided.json", lambda: score(
+        run, EvalSettings(num=FID_NUM, cfg=best, steps=SAMPLE_STEPS, method="heun", batch_size=100),
+        ref, inception, run / "eval_guided"))
+    return {"w": best, "sweep": {f"{r['settings']['cfg']:g}": round(r["fid"], 2) for r in sweep},
+            **{k: final[k] for k in ("fid", "precision", "recall", "kid", "kid_std")}}
+
+
+def read_config(run: Path) -> dict:
+    import yaml
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def at_equal_time(record: dict, seconds: float) -> dict:
+    """The evaluation point with the most training within ``seconds`` (5% slack for timing noise);
+    the first point if even that took longer."""
+    within = [p for p in record["points"] if p["seconds"] <= 1.05 * seconds]
+    return within[-1] if within else record["points"][0]
+
+
+def write_outputs(records: list[dict], results: Path) -> None:
+    write_json(results / "miniature.json", {
+        "protocol": {"eval_at_steps": EVAL_AT, "fid_num": FID_NUM, "ref_num": REF_NUM,
+                     "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
+                     "sweep": SWEEP, "sweep_num": SWEEP_NUM, "threads": torch.get_num_threads()},
+        "variants": records})
+    base = next((r for r in records if r["variant"] == "jit-tiny"), None)
+    t_jit = base["points"][-1]["seconds"] if base else None
+    lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",
+             f"Each variant: its preset's training (batch, lr, EMA, seed: the same data order), fp32; "
+             f"EMA-1 weights; Heun {SAMPLE_STEPS} steps; FID of {FID_NUM} samples ({FID_NUM // 10} per class) "
+             f"against the {REF_NUM} test images. Unguided (w = 1) unless marked. Equal time: each variant at "
+             f"its last evaluation point within JiT's training seconds"
+             + (f" ({t_jit:.0f} s)." if t_jit else "."), "",
+             "| variant | lacks | params | " + " | ".join(f"FID @ {s} steps" for s in EVAL_AT)
+             + " | s / step | FID @ equal time (step) | guided FID (w) | precision | recall |",
+             "|---|---|---|" + "---|" * len(EVAL_AT) + "---|---|---|---|---|"]
+    for r in records:
+        by_step = {p["step"]: p for p in r["points"]}
+        fids = " | ".join(f"{by_step[s]['fid']:.2f}" if s in by_step else "-" for s in EVAL_AT)
+        last = r["points"][-1]
+        per_step = last["seconds"] / max(last["step"], 1)
+        eq = at_equal_time(r, t_jit) if t_jit else None
+        eq_txt = f"{eq['fid']:.2f} ({eq['step']})" if eq else "-"
+        g = r.get("guided")
+        g_txt = f"{g['fid']:.2f} ({g['w']:g})" if g else "-"
+        pr = g or last
+        lines.append(f"| {r['variant']} | {r['removes']} | {r['params'] / 1e6:.2f}M | {fids} | {per_step:.2f} | "
+                     f"{eq_txt} | {g_txt} | {pr['precision']:.3f} | {pr['recall']:.3f} |")
+    pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
+    if pending:
+        lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]
+    (results / "miniature.md").write_text("\n".join(lines) + "\n")
+    plot(records, results / "miniature.png")
+
+
+def plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
+    for r in records:
+        pts = r["points"]
+        style = "o-" if r["variant"] in ("jit-tiny", "vco-tiny") else "o--"
+        axes[0].plot([p["seconds"] / 60 for p in pts], [p["fid"] for p in pts], style, label=r["variant"])
+        axes[1].plot([p["step"] for p in pts], [p["fid"] for p in pts], style, label=r["variant"])
+    axes[0].set_xlabel("training time (min, 2-core CPU)")
+    axes[1].set_xlabel("optimizer steps")
+    for ax in axes:
+        ax.set_ylabel("FID (2,000 samples, unguided)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Fashion-MNIST 28 px: FID against training time and steps")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    ap.add_argument("--guided", action="store_true", help="also the CFG sweep and guided FID at the end")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "miniature"), help="cache of runs and evaluations")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results"), help="where the tables and plots go")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    unknown = set(args.only or []) - set(BY_NAME)
+    if unknown:
+        ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(BY_NAME)}")
+    out, results = Path(args.out), Path(args.results)
+    (results / "miniature").mkdir(parents=True, exist_ok=True)
+    inception = InceptionFeatures("cpu")
+    ref = load_reference(reference(out, {"ref_num": REF_NUM}, inception, image_size=28))
+    chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
+    for v in chosen:
+        t = time.time()
+        record = run_variant(v, out, ref, inception, args.guided)
+        write_json(results / "miniature" / f"{v.name}.json", record)
+        grid = out / v.name / f"eval_step{EVAL_AT[-1]}" / "samples_cfg1.png"
+        if grid.is_file():
+            (results / "miniature" / f"{v.name}.png").write_bytes(grid.read_bytes())
+        print(f"{v.name}: done in {(time.time() - t) / 60:.1f} min", flush=True)
+        report(results)
+    report(results)
+
+
+def report(results: Path) -> None:
+    records = [json.loads(p.read_text()) for v in VARIANTS
+               if (p := results / "miniature" / f"{v.name}.json").is_file()]
+    if records:
+        write_outputs(records, results)
+        print(f"{len(records)}/{len(VARIANTS)} variants -> {results / 'miniature.md'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The miniature comparison's bookkeeping (benchmarks/miniature.py): every variant trains the same
+budget and differs from the full recipe in the one ingredient its name says; the equal-time point;
+the tables and plot list what is finished."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))   # miniature imports its helpers from ladder
+spec = importlib.util.spec_from_file_location("miniature", ROOT / "benchmarks" / "miniature.py")
+miniature = importlib.util.module_from_spec(spec)
+sys.modules["miniature"] = miniature
+spec.loader.exec_module(miniature)
+
+
+def test_variants_share_the_budget_and_each_lacks_one_ingredient():
+    cfgs = {v.name: miniature.variant_config(v, 1800) for v in miniature.VARIANTS}
+    for cfg in cfgs.values():   # same steps, batch, lr, seed, data: the same data order for all
+        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed, cfg.model.image_size) == (1800, 128, 0, 28)
+        assert cfg.train.blr == cfgs["jit-tiny"].train.blr and cfg.data.name == "fashion-mnist"
+    full = cfgs["vco-tiny"]
+    recipe = lambda c: (c.model.fusion, c.model.uncond, c.semantic.aux_loss["name"], c.semantic.calibration["name"])
+    assert recipe(full) == ("dual_stream", "joint_asymmetric_mask", "hybrid", "rms")
+    lacks = {"vco-token_concat": 0, "vco-input_dropout": 1, "vco-no_hybrid": 2, "vco-no_rms": 3}
+    for name, i in lacks.items():
+        differs = [k for k, (a, b) in enumerate(zip(recipe(cfgs[name]), recipe(full))) if a != b]
+        assert differs == [i], name
+    assert cfgs["jit-tiny"].model.fusion == cfgs["jit-tiny-wide"].model.fusion == "none"
+    assert miniature.EVAL_AT[-1] == cfgs["jit-tiny"].train.steps == 1800   # the last point is the preset's
+
+
+def point(step, seconds, fid):
+    return {"step": step, "seconds": seconds, "fid": fid, "precision": 0.5, "recall": 0.4, "kid": 0.01,
+            "kid_std": 0.001, "eval_seconds": 1.0}
+
+
+def test_equal_time_takes_the_last_point_within_the_baselines_seconds():
+    rec = {"points": [point(450, 400, 90), point(900, 800, 50), point(1800, 1600, 30)]}
+    assert miniature.at_equal_time(rec, 820)["step"] == 900      # 5% slack: 800 <= 1.05 x 820
+    assert miniature.at_equal_time(rec, 1600)["step"] == 1800
+    assert miniature.at_equal_time(rec, 100)["step"] == 450      # nothing within: the first point
+
+
+def test_outputs_list_finished_variants_and_the_pending_ones(tmp_path):
+    recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6,
+             "points": [point(450, 300, 80), point(900, 600, 50), point(1800, 1200, 35)]},
+            {"variant": "vco-tiny", "removes": "none", "params": 8e6,
+             "points": [point(450, 600, 60), point(900, 1200, 40), point(1800, 2400, 25)],
+             "guided": {"fid": 20.0, "w": 1.5, "precision": 0.6, "recall": 0.3}}]
+    miniature.write_outputs(recs, tmp_path)
+    table = (tmp_path / "miniature.md").read_text()
+    vco_row = next(line for line in table.splitlines() if line.startswith("| vco-tiny "))
+    assert "| 60.00 | 40.00 | 25.00 |" in vco_row and "40.00 (900)" in vco_row   # equal time: JiT's 1200 s
+    assert "20.00 (1.5)" in vco_row
+    assert "Not yet run: jit-tiny-wide" in table
+    saved = json.loads((tmp_path / "miniature.json").read_text())
+    assert [r["variant"] for r in saved["variants"]] == ["jit-tiny", "vco-tiny"]
+    assert (tmp_path / "miniature.png").stat().st_size > 10_000
