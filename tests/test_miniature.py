@@ -17,7 +17,7 @@ spec.loader.exec_module(miniature)
 def test_variants_share_the_budget_and_each_lacks_one_ingredient():
     cfgs = {v.name: miniature.variant_config(v, 1800) for v in miniature.VARIANTS}
     for cfg in cfgs.values():   # same steps, batch, lr, seed, data: the same data order for all
-        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed, cfg.model.image_size) == (1800, 128, 0, 28)
+        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.seed, cfg.model.image_size) == (1800, 64, 0, 28)
         assert cfg.train.blr == cfgs["jit-tiny"].train.blr and cfg.data.name == "fashion-mnist"
     full = cfgs["vco-tiny"]
     recipe = lambda c: (c.model.fusion, c.model.uncond, c.semantic.aux_loss["name"], c.semantic.calibration["name"])
@@ -36,22 +36,22 @@ def point(step, seconds, fid):
 
 
 def test_equal_time_takes_the_last_point_within_the_baselines_seconds():
-    rec = {"points": [point(450, 400, 90), point(900, 800, 50), point(1800, 1600, 30)]}
-    assert miniature.at_equal_time(rec, 820)["step"] == 900      # 5% slack: 800 <= 1.05 x 820
+    rec = {"points": [point(900, 800, 50), point(1800, 1600, 30)]}
+    assert miniature.at_equal_time(rec, 780)["step"] == 900      # 5% slack: 800 <= 1.05 x 780
     assert miniature.at_equal_time(rec, 1600)["step"] == 1800
-    assert miniature.at_equal_time(rec, 100)["step"] == 450      # nothing within: the first point
+    assert miniature.at_equal_time(rec, 100)["step"] == 900      # nothing within: the first point
 
 
 def test_outputs_list_finished_variants_and_the_pending_ones(tmp_path):
     recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6,
-             "points": [point(450, 300, 80), point(900, 600, 50), point(1800, 1200, 35)]},
+             "points": [point(900, 600, 50), point(1800, 1200, 35)]},
             {"variant": "vco-tiny", "removes": "none", "params": 8e6,
-             "points": [point(450, 600, 60), point(900, 1200, 40), point(1800, 2400, 25)],
+             "points": [point(900, 1200, 40), point(1800, 2400, 25)],
              "guided": {"fid": 20.0, "w": 1.5, "precision": 0.6, "recall": 0.3}}]
     miniature.write_outputs(recs, tmp_path)
     table = (tmp_path / "miniature.md").read_text()
     vco_row = next(line for line in table.splitlines() if line.startswith("| vco-tiny "))
-    assert "| 60.00 | 40.00 | 25.00 |" in vco_row and "40.00 (900)" in vco_row   # equal time: JiT's 1200 s
+    assert "| 40.00 | 25.00 |" in vco_row and "40.00 (900)" in vco_row   # equal time: JiT's 1200 s
     assert "20.00 (1.5)" in vco_row
     assert "Not yet run: jit-tiny-wide" in table
     saved = json.loads((tmp_path / "miniature.json").read_text())

@@ -154,7 +154,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # after a few thousand steps; EMA-1 averages over the last ~200 steps, EMA-2 over ~1000).
     "jit-tiny": dict(model=dict(image_size=28, patch_size=4, hidden_size=192, depth=6, num_heads=4,
                                 bottleneck_dim=32, in_context_len=8, in_context_start=2),
-                     train=dict(batch_size=128, steps=1800, blr=2e-3, warmup_steps=100,
+                     train=dict(batch_size=64, steps=1800, blr=4e-3, warmup_steps=100,
                                 ema_decays=(0.995, 0.999), ckpt_every=200),
                      sampler=dict(cfg=2.0, steps=25)),
     "jit-b16": dict(model=dict(_IMAGENET, hidden_size=768, depth=12, num_heads=12,
