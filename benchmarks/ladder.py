@@ -1,4 +1,4 @@
-"""V-Co's ablation ladder in miniature: Tables 1-4 on Fashion-MNIST (32x32, offline encoder).
+"""V-Co's ablation ladder in miniature: Tables 1-4 on Fashion-MNIST (the first 32x32 CPU presets, offline encoder).
 
     python benchmarks/ladder.py [--budget default] [--only vco-tiny jit-tiny] [--threads 2]
 

@@ -23,7 +23,7 @@ from vco.eval.evaluate import write_json
 from vco.semantic import MobileNetV2Encoder
 
 ROOT = Path(__file__).resolve().parents[1]
-LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
+LAMBDAS = (1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 
 def images_of(split: str, num: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist``), at 32x32 RGB."""
+"""Fashion-MNIST from its IDX files (Debian package ``dataset-fashion-mnist``): 28x28 grey, resized on request, served as RGB."""
 from __future__ import annotations
 
 import gzip
