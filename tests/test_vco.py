@@ -153,7 +153,7 @@ def test_vco_tiny_trains_and_samples(tmp_path):
     from vco.train import Trainer, load_run_model
     cfg = tiny_vco(**{"data.name": "synthetic", "synthetic_size": 32, "batch_size": 8,
                       "classes_per_batch": 2, "stats_images": 32, "train.steps": 2,
-                      "precision": "fp32", "semantic_dim": 96})
+                      "precision": "fp32", "semantic_dim": 32})
     summary = Trainer(cfg, tmp_path / "r").train(progress=False)
     assert math.isfinite(summary["last_loss"])
     assert (tmp_path / "r" / "semantic_stats.safetensors").is_file()
@@ -167,7 +167,7 @@ def test_training_reads_targets_from_the_feature_cache(tmp_path):
     from vco.cli import main
     from vco.train import Trainer
     base = {"data.name": "synthetic", "synthetic_size": 32, "batch_size": 8, "classes_per_batch": 2,
-            "train.steps": 2, "precision": "fp32", "semantic_dim": 96}
+            "train.steps": 2, "precision": "fp32", "semantic_dim": 32}
     ov = ["image_size=16", "hidden_size=32", "depth=3", "num_heads=2", "bottleneck_dim=8",
           "in_context_len=2", "in_context_start=1", "synthetic_size=32"]
     assert main(["cache", "--data", "synthetic", "--out", str(tmp_path / "cache"), "--set", *ov]) == 0
@@ -187,7 +187,7 @@ def test_automatic_feature_cache_is_built_once_and_reused(tmp_path, monkeypatch)
     from vco.train import Trainer
     monkeypatch.setenv("VCO_CACHE", str(tmp_path / "cache"))
     base = {"data.name": "synthetic", "synthetic_size": 16, "batch_size": 8, "classes_per_batch": 2,
-            "train.steps": 1, "precision": "fp32", "semantic_dim": 96, "semantic.cache": "auto"}
+            "train.steps": 1, "precision": "fp32", "semantic_dim": 32, "semantic.cache": "auto"}
     first = Trainer(tiny_vco(**base), tmp_path / "a")
     built = list((tmp_path / "cache").glob("*/features.npy"))
     assert len(built) == 1
