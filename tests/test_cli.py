@@ -55,3 +55,24 @@ def test_stats_command_writes_calibration(tmp_path, capsys):
     assert st.var.shape == (49, 32) and st.scale > 0      # vco-tiny: 7 x 7 tokens of features[:7]
     assert main(["stats", "--data", "synthetic", "--out", str(out)]) == 2   # never overwrites
     assert "exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--steps", "0"], "argument --steps: must be a finite number >= 1, got 0"),
+    (["train", "--steps", "-5"], "argument --steps: must be a finite number >= 1, got -5"),
+    (["sample", "--run", "r", "--cfg", "nan"], "argument --cfg: must be a finite number >= 0, got nan"),
+    (["sample", "--run", "r", "--cfg", "inf"], "argument --cfg: must be a finite number >= 0, got inf"),
+    (["sample", "--run", "r", "--batch-size", "0"], "argument --batch-size: must be a finite number >= 1"),
+    (["demo", "--minutes", "nan"], "argument --minutes: must be a finite number > 0"),
+])
+def test_bad_numbers_on_the_command_line_are_refused_before_any_work(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(argv + (["--out", str(tmp_path / "o")] if argv[0] == "train" else []))
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()                      # nothing was written
+
+
+def test_sample_checks_the_grid_path_before_loading_or_sampling(tmp_path, capsys):
+    # the run does not exist: the output path is refused first, before any model is loaded
+    assert main(["sample", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.noext")]) == 2
+    assert "cannot write an image with extension .noext" in capsys.readouterr().err

@@ -169,3 +169,43 @@ def test_cpu_presets_run_the_imagenet_recipe_on_cpu_data(small, large):
     allowed = {"data.name", "semantic.encoder", "semantic.encoder_path", "semantic.scale"}
     assert set(non_numeric(differences(small, large))) <= allowed
     assert "data.name" in non_numeric(differences(small, large))
+
+
+# ---------------------------------------------------------------- value ranges
+def test_every_range_names_a_real_key():
+    from vco.config import _leaf_paths
+    from vco.config_ranges import RANGES
+    assert set(RANGES) <= set(_leaf_paths(Config()))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "train.batch_size must be >= 1, got 0"),
+    ("train.steps=0", "train.steps must be >= 1, got 0"),
+    ("train.steps=-5", "train.steps must be >= 1, got -5"),
+    ("ckpt_every=0", "train.ckpt_every must be >= 1, got 0"),
+    ("log_every=0", "train.log_every must be >= 1, got 0"),
+    ("blr=.nan", "train.blr must be a finite number, got nan"),
+    ("sampler.cfg=.inf", "sampler.cfg must be a finite number, got inf"),
+    ("sampler.cfg=-1", "sampler.cfg must be >= 0, got -1"),
+    ("ema_decays=[0.99,1.0]", "train.ema_decays must be >= 0 and < 1, got 1.0"),
+    ("label_drop_prob=1.5", "diffusion.label_drop_prob must be >= 0 and <= 1, got 1.5"),
+    ("t_eps=0", "diffusion.t_eps must be > 0 and < 1, got 0"),
+    ("patch_size=5", "model.image_size (28) must be a multiple of model.patch_size (5)"),
+    ("num_heads=5", "model.hidden_size (192) must be a multiple of model.num_heads (5)"),
+    ("interval_max=0.05", "sampler.interval_min (0.1) must be <= sampler.interval_max (0.05)"),
+])
+def test_out_of_range_values_name_the_key_and_the_range(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config("jit-tiny", overrides=[override])
+
+
+def test_a_config_file_is_checked_as_it_is_read(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"train": {"batch_size": 0}}))
+    with pytest.raises(ConfigError, match="train.batch_size must be >= 1"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_is_within_range(preset):
+    build_config(preset)   # raises if a preset's own value were out of range

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .components import COMPONENTS, ConfigError, component_spec
+from .config_ranges import check_ranges
 from .files import atomic_write_text
 
 
@@ -291,9 +292,11 @@ def from_dict(d: dict) -> Config:
             resolve_key(key)  # raises with a suggestion
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(d))
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise ConfigError(f"invalid config value: {e.msg if hasattr(e, 'msg') else e}") from None
+    check_ranges(cfg)
+    return cfg
 
 
 def parse_overrides(items: list[str] | None) -> dict:

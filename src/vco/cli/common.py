@@ -2,10 +2,34 @@
 from __future__ import annotations
 
 import argparse
+import math
+from pathlib import Path
 
 from .. import config as C
 
 DATA_NAMES = ("fashion-mnist", "fashion-mnist-test", "synthetic")
+
+
+def _number(kind, low: float, low_inclusive: bool = True):
+    """An argparse type: ``kind`` (int or float), finite, and >= (or >) ``low``."""
+    bound = f"{'>=' if low_inclusive else '>'} {low:g}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or (value < low if low_inclusive else value <= low):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+    return parse
+
+
+positive_int = _number(int, 1)
+nonnegative_int = _number(int, 0)
+nonnegative_float = _number(float, 0)
+positive_float = _number(float, 0, low_inclusive=False)
 
 
 def config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> None:
@@ -16,20 +40,30 @@ def config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> No
 
 
 def sampling_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cfg", type=float, help="guidance scale w (1 = none)")
-    p.add_argument("--steps", type=int, help="sampler steps")
+    p.add_argument("--cfg", type=nonnegative_float, help="guidance scale w (1 = none)")
+    p.add_argument("--steps", type=positive_int, help="sampler steps")
     p.add_argument("--method", choices=["heun", "euler"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
     p.add_argument("--device", default="auto")
 
 
 def check_sampling(cfg_scale: float | None, steps: int | None) -> None:
-    if cfg_scale is not None and cfg_scale < 0:
+    if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
         raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg_scale}")
     if steps is not None and not 1 <= steps <= 10_000:
         raise C.ConfigError(f"--steps must be in 1..10000, got {steps}")
+
+
+def check_image_path(path: str) -> None:
+    """Before any sampling: the grid's file name must have an extension PIL can write."""
+    from PIL import Image
+    suffix = Path(path).suffix.lower()
+    writable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if suffix not in writable:
+        raise C.ConfigError(f"--out {path}: cannot write an image with extension {suffix or '(none)'}; "
+                            f"use .png (or {', '.join(sorted(e for e in writable if e in ('.jpg', '.webp', '.bmp')))})")
 
 
 def set_overrides(args) -> list[str]:

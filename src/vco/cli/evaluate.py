@@ -8,13 +8,14 @@ import numpy as np
 import torch
 
 from .. import config as C
-from .common import check_sampling, config_args, data_overrides, sampling_args, set_overrides
+from .common import check_image_path, check_sampling, config_args, data_overrides, positive_int, sampling_args, set_overrides
 
 
 def cmd_sample(args) -> None:
     from ..sampling import class_labels, generate, save_grid
     from ..train import load_run_model
     from ..device import resolve_device
+    check_image_path(args.out)
     device = resolve_device(args.device)
     model, cfg, meta = load_run_model(args.run, args.weights, device)
     for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
@@ -136,7 +137,7 @@ def cmd_eval(args) -> None:
 def add_parsers(sub) -> None:
     p = sub.add_parser("sample", help="sample a class-labelled grid PNG from a run")
     p.add_argument("--run", required=True, help="run folder")
-    p.add_argument("--num", type=int, default=64)
+    p.add_argument("--num", type=positive_int, default=64)
     sampling_args(p)
     p.add_argument("--out", default="samples.png")
     p.add_argument("--npz", action="store_true", help="also write the uint8 samples as .npz")
@@ -152,7 +153,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--run", help="run folder to evaluate")
     p.add_argument("--ref", help="reference statistics (.npz)")
     p.add_argument("--data", default="fashion-mnist-test", help="ref: the data to describe")
-    p.add_argument("--num", type=int, default=10_000, help="samples (a multiple of the classes); ref: images")
+    p.add_argument("--num", type=positive_int, default=10_000, help="samples (a multiple of the classes); ref: images")
     sampling_args(p)
     p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
     p.add_argument("--out", help="ref: output .npz")

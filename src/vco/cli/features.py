@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config as C
-from .common import config_args, data_overrides, preset_or_default, set_overrides
+from .common import config_args, data_overrides, positive_float, positive_int, preset_or_default, set_overrides
 
 
 def cmd_stats(args) -> None:
@@ -58,8 +58,8 @@ def add_parsers(sub) -> None:
                    "without --preset/--config)")
     p.add_argument("--encoder-path", help="the encoder's weights (dinov2: local folder or hub id)")
     p.add_argument("--data", help="default: the preset's data")
-    p.add_argument("--num", type=int, default=4096, help="images to use (both flips of each)")
-    p.add_argument("--scale", type=float, help="store this RMS factor instead of the measured one")
+    p.add_argument("--num", type=positive_int, default=4096, help="images to use (both flips of each)")
+    p.add_argument("--scale", type=positive_float, help="store this RMS factor instead of the measured one")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="statistics file (.safetensors)")
     p.set_defaults(func=cmd_stats)
@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("cache", help="precompute the semantic features of a dataset (both flips)")
     config_args(p)
     p.add_argument("--data", help="default: the preset's data")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="cache folder to create")
     p.set_defaults(func=cmd_cache)

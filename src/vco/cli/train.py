@@ -7,13 +7,13 @@ import torch
 
 from .. import config as C
 from ..train.checkpoint import CheckpointError
-from .common import DATA_NAMES, config_args, data_overrides, set_overrides
+from .common import DATA_NAMES, config_args, data_overrides, positive_float, positive_int, set_overrides
 
 
 def cmd_train(args) -> None:
     from ..train import Trainer
     from ..train.init_from import apply_init_from, is_unstarted_conversion, prepare_init_from, source_config
-    extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps else [])
+    extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     init_source = args.init_from
     if args.resume:
         run = Path(args.resume)
@@ -81,7 +81,7 @@ def add_parsers(sub) -> None:
     config_args(p)
     p.add_argument("--data", help=f"{' | '.join(DATA_NAMES)} | a class-per-folder image directory")
     p.add_argument("--out", help="run folder to create")
-    p.add_argument("--steps", type=int, help="total optimizer steps (train.steps)")
+    p.add_argument("--steps", type=positive_int, help="total optimizer steps (train.steps)")
     p.add_argument("--resume", help="continue the run in this folder up to --steps")
     p.add_argument("--init-from", dest="init_from", metavar="RUN",
                    help="start from this run's weights (ema1, else model) with a fresh optimizer; "
@@ -98,10 +98,10 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("demo", help="train the tiny preset on Fashion-MNIST, then sample")
     p.add_argument("--preset", default="vco-tiny")
     p.add_argument("--out", default="demo")
-    p.add_argument("--minutes", type=float, default=9.0,
+    p.add_argument("--minutes", type=positive_float, default=9.0,
                    help="wall-clock budget of the whole job: setup, training, sampling and plots")
-    p.add_argument("--max-steps", type=int, default=100_000)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--per-class", type=int, default=6)
-    p.add_argument("--sample-steps", type=int, default=25, help="Heun steps (50 in the paper)")
+    p.add_argument("--max-steps", type=positive_int, default=100_000)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--per-class", type=positive_int, default=6)
+    p.add_argument("--sample-steps", type=positive_int, default=25, help="Heun steps (50 in the paper)")
     p.set_defaults(func=cmd_demo)
