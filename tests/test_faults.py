@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -152,8 +153,28 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     assert target.read_text() == "old" and len(list(target.parent.iterdir())) == 1
 
     (target.parent / ".result.json.abc123.tmp").write_text("left by a killed writer")
+    (target.parent / ".tmpQ3xZ9a").write_text("left by safetensors' own writer, killed mid-save")
+    (target.parent / ".tmp-notes.txt").write_text("the user's")       # not a temporary of ours
     remove_stale_temporaries(target.parent)
-    assert [p.name for p in target.parent.iterdir()] == ["result.json"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [".tmp-notes.txt", "result.json"]
+
+
+def test_a_real_save_killed_midway_leaves_only_files_the_next_start_removes(tmp_path):
+    # safetensors writes ".tmpXXXXXX" inside our own temporary: both are found and removed
+    from safetensors.torch import save_file
+    from vco.files import remove_stale_temporaries
+    seen = set()
+    watcher = threading.Thread(target=lambda: [seen.update(os.listdir(tmp_path)) or time.sleep(0.0005)
+                                               for _ in range(4000)])
+    watcher.start()
+    save_file({"w": torch.zeros(20_000_000)}, str(tmp_path / ".checkpoint.safetensors.ab12.tmp"))
+    watcher.join()
+    library = [n for n in seen if n.startswith(".tmp")]
+    assert library and all(re.fullmatch(r"\.tmp[A-Za-z0-9]{6}", n) for n in library)   # its naming
+    for name in library + [".checkpoint.safetensors.ab12.tmp"]:   # as a kill would leave them
+        (tmp_path / name).write_bytes(b"partial")
+    remove_stale_temporaries(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_run_folder_is_a_clear_error(tmp_path, capsys):

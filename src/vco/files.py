@@ -6,6 +6,7 @@ mid-write leaves only a ``.<name>.<random>.tmp`` file behind (see ``remove_stale
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -66,8 +67,16 @@ def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
 
 
+# safetensors' save_file writes its own temporary first (Rust's tempfile: ".tmp" + 6 letters or
+# digits) inside ours; a kill mid-save leaves both.
+_LIBRARY_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporary files of writes that were killed midway (the real files were never
-    touched); call it only when no other process is writing into ``folder``."""
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+    touched): ours (``.<name>.<random>.tmp``) and safetensors' (``.tmpXXXXXX``); call it only when
+    no other process is writing into ``folder``."""
+    for tmp in Path(folder).iterdir():
+        if tmp.is_file() and ((tmp.name.startswith(".") and tmp.name.endswith(".tmp"))
+                              or _LIBRARY_TEMPORARY.fullmatch(tmp.name)):
+            tmp.unlink(missing_ok=True)
