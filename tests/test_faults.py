@@ -367,3 +367,32 @@ def test_truncated_checkpoint_is_rejected(tmp_path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_run_model(tmp_path / "r")
+
+
+def _edit_header(path: Path, old: bytes, new: bytes) -> None:
+    """Replace bytes inside the safetensors JSON header (same length: the file stays readable)."""
+    data = bytearray(path.read_bytes())
+    size = int.from_bytes(data[:8], "little")
+    header = bytes(data[8:8 + size])
+    assert len(old) == len(new) and header.count(old) >= 1, (old, header[:200])
+    data[8:8 + size] = header.replace(old, new, 1)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("old, new", [
+    (b'\\"step\\": 3', b'\\"step\\": 9'),                 # the step in the metadata JSON
+    (b'\\"cfg\\": 2.0', b'\\"cfg\\": 9.0'),               # the stored guidance scale
+    (b'"shape":[96,32]', b'"shape":[32,96]'),           # a tensor's shape (same bytes, other layout)
+])
+def test_an_edited_checkpoint_header_is_reported_as_corrupt(tmp_path, old, new):
+    from vco.train import load_run_model
+    run = tmp_path / "run"
+    Trainer(cfg_for("jit-tiny", "train.steps=3"), run).train(progress=False)
+    load_run_model(run)                                          # intact: loads
+    _edit_header(run / "checkpoint.safetensors", old, new)
+    with pytest.raises(CheckpointError, match="is corrupt: its header"):
+        read_meta(run)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_run_model(run)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Trainer(cfg_for("jit-tiny", "train.steps=6"), run, resume=True)

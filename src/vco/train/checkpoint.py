@@ -60,21 +60,36 @@ def load_optimizer_tensors(optimizer: torch.optim.Optimizer, params: dict, tenso
         optimizer.state[p][k] = v.reshape(()) if k == "step" else v.to(p.device)
 
 
+# torch dtype -> the name safetensors' header (and get_slice(...).get_dtype()) gives it
+_SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16",
+                       torch.bfloat16: "BF16", torch.int64: "I64", torch.int32: "I32", torch.int16: "I16",
+                       torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
+
+
 def digest(t: torch.Tensor) -> str:
     """SHA-256 of a tensor's bytes (any dtype), to detect a tampered or bit-rotted file."""
     return hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()).hexdigest()
 
 
+def header_digest(meta: str, digests: str, layout: dict[str, tuple[str, list[int]]]) -> str:
+    """SHA-256 of everything a checkpoint's header says: the metadata JSON, the per-tensor
+    digests, and each tensor's dtype and shape (which the tensor digests do not cover)."""
+    text = json.dumps([meta, digests, sorted((k, str(d), list(s)) for k, (d, s) in layout.items())])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_checkpoint(run_dir: Path, tensors: dict[str, torch.Tensor], meta: dict) -> Path:
     """Write ``tensors`` (flat names) with ``meta`` (JSON-able) atomically; returns the path.
-    The metadata holds a SHA-256 per tensor, checked on every load."""
+    The header holds a SHA-256 per tensor and one of the header itself, checked on every load."""
     run_dir = Path(run_dir)
     path = run_dir / CKPT_NAME
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = dict(meta, format=FORMAT)
+    meta = json.dumps(dict(meta, format=FORMAT))
     digests = json.dumps({k: digest(v) for k, v in flat.items()})
-    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata={"meta": json.dumps(meta),
-                                                                       "sha256": digests}))
+    layout = {k: (_SAFETENSORS_DTYPES[v.dtype], list(v.shape)) for k, v in flat.items()}
+    header = {"meta": meta, "sha256": digests, "header_sha256": header_digest(meta, digests, layout)}
+    atomic_write(path, lambda tmp: save_file(flat, str(tmp), metadata=header))
+    meta = json.loads(meta)
     atomic_write(run_dir / "checkpoint.json",
                  lambda tmp: tmp.write_text(json.dumps(meta, indent=2, sort_keys=True)))
     return path
@@ -89,12 +104,20 @@ def checkpoint_path(run: str | Path) -> Path:
 
 
 def read_meta(run: str | Path) -> dict:
+    """The checkpoint's metadata, after checking the header against its own SHA-256 (written
+    since that check exists; older checkpoints have only the per-tensor digests)."""
     path = checkpoint_path(run)
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
+            header = f.metadata() or {}
+            layout = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
+        meta = json.loads(header.get("meta", "{}"))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); use an earlier copy") from None
+    stored = header.get("header_sha256")
+    if stored is not None and stored != header_digest(header.get("meta", ""), header.get("sha256", ""), layout):
+        raise CheckpointError(f"{path} is corrupt: its header (step, config, tensor shapes) does not match "
+                              f"its checksum; the file was modified or damaged: use an earlier copy")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a vco checkpoint (format {meta.get('format')!r})")
     return meta
