@@ -76,3 +76,27 @@ def test_sample_checks_the_grid_path_before_loading_or_sampling(tmp_path, capsys
     # the run does not exist: the output path is refused first, before any model is loaded
     assert main(["sample", "--run", str(tmp_path / "missing"), "--out", str(tmp_path / "x.noext")]) == 2
     assert "cannot write an image with extension .noext" in capsys.readouterr().err
+
+
+def test_resume_refuses_another_config_and_records_the_changes_it_allows(tmp_path, capsys, caplog):
+    import yaml
+    out = tmp_path / "R"
+    tiny = ["--set", "image_size=16", "hidden_size=32", "depth=2", "num_heads=2", "bottleneck_dim=8",
+            "in_context_len=2", "in_context_start=1", "batch_size=8", "synthetic_size=16",
+            "precision=fp32", "log_every=1"]
+    assert main(["train", "--preset", "jit-tiny", "--data", "synthetic", "--steps", "2", "--out", str(out),
+                 "--quiet", *tiny]) == 0
+    original = (out / "config.yaml").read_text()
+    for flag, value in (("--preset", "vco-tiny"), ("--config", str(out / "config.yaml"))):
+        assert main(["train", "--resume", str(out), flag, value, "--quiet"]) == 2
+        assert f"{flag} cannot apply to a resumed run" in capsys.readouterr().err
+    assert (out / "config.yaml").read_text() == original and not (out / "config_history").exists()
+
+    with caplog.at_level("WARNING", logger="vco.train"):
+        assert main(["train", "--resume", str(out), "--steps", "3", "--quiet", "--set", "blr=1e-4",
+                     "batch_size=4"]) == 0
+    said = capsys.readouterr().out
+    assert "train.blr: 0.004 -> 0.0001" in said and "train.batch_size: 8 -> 4" in said
+    assert "global batch of 4" in caplog.text and "trained with 8" in caplog.text
+    assert (out / "config_history" / "until-step-0000002.yaml").read_text() == original
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["blr"] == 1e-4

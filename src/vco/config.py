@@ -363,6 +363,15 @@ def to_dict(cfg: Config) -> dict:
     return d
 
 
+def config_changes(before: Config, after: Config) -> list[str]:
+    """``key: old -> new`` for every value that differs (components compared whole)."""
+    def flat(cfg):
+        return {f"{sec}.{k}": v for sec, group in to_dict(cfg).items() if isinstance(group, dict)
+                for k, v in group.items()}
+    a, b = flat(before), flat(after)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b.get(k)]
+
+
 def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 

@@ -22,7 +22,16 @@ def cmd_train(args) -> None:
                                   f"an earlier `vco train`")
         if init_source:
             raise C.ConfigError("--init-from starts a new run: use it with --out, not with --resume")
+        if args.preset or args.config:
+            raise C.ConfigError(f"--{'preset' if args.preset else 'config'} cannot apply to a resumed run: "
+                                f"{run}/config.yaml is its config. Change single values with --set KEY=VALUE "
+                                f"(listed and recorded), or start a new run from it with --init-from {run}")
+        before = C.build_config(config_file=run / "config.yaml")
         cfg = C.build_config(config_file=run / "config.yaml", overrides=extra + set_overrides(args))
+        changes = C.config_changes(before, cfg)
+        if changes:
+            print(f"resuming {run} with changed settings (the earlier config.yaml is kept in "
+                  f"{run}/config_history/):\n  " + "\n  ".join(changes))
         out = run
         if is_unstarted_conversion(run):     # converted weights, no optimizer state yet
             init_source = run

@@ -21,13 +21,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, to_dict, to_yaml
 from ..data import (BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSampler, build_dataset,
                     to_model_range)
 from ..device import autocast, resolve_device, resolve_precision
 from ..diffusion.randomness import SampleStreams, sample_seed
 from ..models import build_model
-from ..files import remove_stale_temporaries
+from ..files import atomic_write_text, remove_stale_temporaries
 from ..resolve import resolve_config
 from . import distributed
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
@@ -37,6 +37,7 @@ from .metrics import MetricsLog
 from .objective import build_objective
 
 log = logging.getLogger("vco.train")
+CONFIG_HISTORY = "config_history"      # a resumed run's earlier config.yaml files, by last step
 
 
 def lr_at(step: int, base_lr: float, warmup: int) -> float:
@@ -178,7 +179,8 @@ class Trainer:
             return
         meta = {"step": self.step, "skipped_steps": self.skipped, "config": to_dict(self.cfg),
                 "class_names": list(self.dataset.class_names),
-                "ema_decays": list(self.cfg.train.ema_decays)}
+                "ema_decays": list(self.cfg.train.ema_decays),
+                "world_size": self.world.size, "global_batch": self.global_batch}
         save_checkpoint(self.run_dir, tensors, meta)
 
     def load(self) -> None:
@@ -206,6 +208,13 @@ class Trainer:
         load_optimizer_tensors(self.optimizer, self.params, optim)
         self.step = int(meta["step"])
         self.skipped = int(meta.get("skipped_steps", 0))
+        before = meta.get("global_batch")
+        if before is not None and before != self.global_batch and self.world.is_main:
+            log.warning("resuming %s with a global batch of %d (%d process(es) x %d x %d accumulation) "
+                        "where it trained with %d (%s process(es)): the lr follows the batch (lr = blr x "
+                        "batch / 256) and the data order changes", self.run_dir, self.global_batch,
+                        self.world.size, self.cfg.train.batch_size, self.cfg.train.grad_accum, before,
+                        meta.get("world_size", "?"))
 
     # ------------------------------------------------------------------ training
     def loader(self, start: int, end: int) -> DataLoader:
@@ -337,7 +346,11 @@ class Trainer:
             raise CheckpointError(f"cannot create the run folder {self.run_dir}: {e.strerror}; "
                                   f"choose another --out") from None
         remove_stale_temporaries(self.run_dir)
-        save_config(self.cfg, self.run_dir / "config.yaml")
+        # a resumed run whose config changed keeps the one it trained with until now
+        path, new = self.run_dir / "config.yaml", to_yaml(self.cfg)
+        if path.is_file() and path.read_text() != new:
+            atomic_write_text(self.run_dir / CONFIG_HISTORY / f"until-step-{self.step:07d}.yaml", path.read_text())
+        atomic_write_text(path, new)
 
     def out_of_time(self, t0: float, step_s: float) -> bool:
         """Another step would end past train.time_limit_min (so a time-limited run ends inside its
