@@ -308,10 +308,14 @@ def test_num_classes_mismatch_between_data_and_checkpoint(tmp_path, capsys):
 def test_sampler_arguments_out_of_range(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--steps", "1", "--quiet", "--set", *SMALL]) == 0
-    for args, message in ((["--cfg", "-1"], "--cfg must be >= 0"), (["--steps", "0"], "--steps must be in"),
-                          (["--num", "0"], "--num must be >= 1")):
-        assert main(["sample", "--run", str(run), "--out", str(tmp_path / "g.png"), *args]) == 2
-        assert message in capsys.readouterr().err
+    for args, message in ((["--cfg", "-1"], "argument --cfg: must be a finite number >= 0"),
+                          (["--steps", "0"], "argument --steps: must be a finite number >= 1"),
+                          (["--num", "0"], "argument --num: must be a finite number >= 1")):
+        with pytest.raises(SystemExit) as e:              # refused by the argument parser
+            main(["sample", "--run", str(run), "--out", str(tmp_path / "g.png"), *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
+    assert main(["sample", "--run", str(run), "--out", str(tmp_path / "g.png"), "--steps", "20000"]) == 2
+    assert "--steps must be in 1..10000" in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--steps", "1", "--quiet"]) == 2   # never overwritten
     assert "already holds a run" in capsys.readouterr().err
 
@@ -396,3 +400,62 @@ def test_an_edited_checkpoint_header_is_reported_as_corrupt(tmp_path, old, new):
         load_run_model(run)
     with pytest.raises(CheckpointError, match="corrupt"):
         Trainer(cfg_for("jit-tiny", "train.steps=6"), run, resume=True)
+
+
+def png_claiming(path: Path, width: int, height: int) -> None:
+    """A valid 8x8 PNG whose IHDR (CRC fixed up) claims width x height: a decompression bomb."""
+    import struct
+    import zlib
+    Image.new("RGB", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17:ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr:ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_decompression_bomb_names_the_file_and_the_setting(tmp_path):
+    (tmp_path / "a").mkdir()
+    png_claiming(tmp_path / "a" / "bomb.png", 100_000, 100_000)
+    with pytest.raises(DataError, match=r"bomb\.png claims 100000x100000 pixels, over data\.max_image_pixels"):
+        ImageFolderDataset(tmp_path, 16)[0]
+
+
+def test_unreadable_files_are_replaced_by_the_next_of_their_class_up_to_the_cap(tmp_path, caplog):
+    for i in range(3):
+        write(tmp_path / "a" / f"{i}.png", Image.new("L", (16, 16), 40 * (i + 1)))
+    write(tmp_path / "b" / "0.png", Image.new("L", (16, 16), 250))
+    (tmp_path / "a" / "1.png").write_bytes(b"\x89PNG broken")            # index 1, class a
+    ds = ImageFolderDataset(tmp_path, 16, max_bad_images=1)
+    img, label = ds[1]
+    assert label == 0 and torch.equal(img, ds[2][0])                     # the next image of class a
+    assert torch.equal(ds[1][0], img)                                    # the same every time
+    assert "1.png" in caplog.text and "skipping an unreadable image" in caplog.text
+    (tmp_path / "a" / "2.png").write_bytes(b"\x89PNG broken too")
+    with pytest.raises(DataError, match=r"2 unreadable image\(s\), over data.max_bad_images=1") as e:
+        ImageFolderDataset(tmp_path, 16, max_bad_images=1)[1]
+    assert "1.png" in str(e.value) and "2.png" in str(e.value) and "vco data check" in str(e.value)
+
+
+def test_data_check_lists_every_bad_file_and_its_manifest_trains_without_them(tmp_path, capsys):
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        for i in range(3):
+            write(root / c / f"{i}.png", Image.new("RGB", (20, 20), (i * 50, 0, 0)))
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG broken")
+    png_claiming(root / "b" / "bomb.png", 100_000, 100_000)
+    (root / "b" / "notes.txt").write_text("not an image")
+    manifest = tmp_path / "manifest.json"
+    assert main(["data", "check", str(root), "--manifest", str(manifest), "--workers", "2"]) == 1
+    said = capsys.readouterr().out
+    assert all(name in said for name in ("broken.png", "bomb.png", "notes.txt"))
+    assert "6 readable images in 2 classes, 3 unreadable or not images" in said
+    cfg = build_config("jit-tiny", overrides=["data.name=folder", f"data.path={root}",
+                                              f"data.manifest={manifest}", "image_size=16"])
+    from vco.data import build_dataset
+    ds = build_dataset(cfg.data, 16, 2)
+    assert len(ds) == 6 and not any("broken" in str(p) or "bomb" in str(p) for p, _ in ds.samples)
+    other = tmp_path / "other"
+    (other / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match="lists .*data, not"):
+        ImageFolderDataset(other, 16, manifest=manifest)

@@ -39,6 +39,8 @@ RANGES: dict[str, tuple] = {
     "data.num_workers": (0, None, True, True),
     "data.synthetic_size": (1, None, True, True),
     "data.classes_per_batch": (0, None, True, True),
+    "data.max_image_pixels": (1, None, True, True),
+    "data.max_bad_images": (0, None, True, True),
     "semantic.encoder_layer": (0, None, True, True),
     "semantic.stats_images": (1, None, True, True),
     "semantic.scale": (0, None, False, True),

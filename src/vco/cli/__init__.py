@@ -1,4 +1,4 @@
-"""The ``vco`` command: train, sample, info, stats, cache, eval, convert-official, demo."""
+"""The ``vco`` command: train, sample, info, stats, cache, eval, convert-official, demo, data check."""
 from __future__ import annotations
 
 import argparse
@@ -26,11 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        args.func(args)
+        status = args.func(args)            # a command may return its own exit status
     except (C.ConfigError, DataError, CheckpointError, WriteError, ValueError, FileNotFoundError) as e:
         print(f"vco {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import config as C
-from .common import config_args, data_overrides, positive_float, positive_int, preset_or_default, set_overrides
+from .common import (config_args, data_overrides, nonnegative_int, positive_float, positive_int, preset_or_default,
+                     set_overrides)
 
 
 def cmd_stats(args) -> None:
@@ -51,7 +52,31 @@ def cmd_cache(args) -> None:
           f"channels -> {out}; train with --set semantic.cache={out}")
 
 
+def cmd_data_check(args) -> int:
+    from ..data.check import check_folder, write_manifest
+    report = check_folder(args.dir, args.workers, args.max_image_pixels)
+    for rel, why in report["bad"]:
+        print(f"BAD {why}")
+    print(f"{len(report['good'])} readable images in {len(report['classes'])} classes, "
+          f"{len(report['bad'])} unreadable or not images")
+    if args.manifest:
+        path = write_manifest(report, args.manifest, args.dir)
+        print(f"manifest -> {path} (train from it with --set data.manifest={path})")
+    return 1 if report["bad"] else 0
+
+
 def add_parsers(sub) -> None:
+    p = sub.add_parser("data", help="data tools: `vco data check DIR`")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="decode every image of a class-per-folder dataset in parallel; "
+                            "list the bad ones; write a manifest of the good ones")
+    c.add_argument("dir")
+    c.add_argument("--manifest", help="write the readable files here (JSON), for --set data.manifest=FILE")
+    c.add_argument("--workers", type=nonnegative_int, default=0, help="processes (0: one per CPU)")
+    c.add_argument("--max-image-pixels", type=positive_int, default=178_956_970,
+                   help="larger claimed sizes are decompression bombs (data.max_image_pixels)")
+    c.set_defaults(func=cmd_data_check)
+
     p = sub.add_parser("stats", help="semantic feature statistics and RMS scale for a dataset")
     config_args(p)
     p.add_argument("--encoder", help="mobilenet_v2 | dinov2 (default: the preset's; vco-tiny's "

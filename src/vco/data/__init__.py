@@ -21,7 +21,7 @@ def build_dataset(cfg: DataConfig, image_size: int, num_classes: int):
         if not cfg.path:
             raise DataError(f"data '{cfg.name}' needs a folder: --data /path/to/train "
                             "(one sub-folder per class)")
-        return ImageFolderDataset(cfg.path, image_size)
+        return ImageFolderDataset(cfg.path, image_size, cfg.manifest, cfg.max_image_pixels, cfg.max_bad_images)
     raise DataError(f"unknown data '{cfg.name}': use fashion-mnist, fashion-mnist-test, synthetic, "
                     "or a class-per-folder directory")
 

@@ -42,21 +42,65 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-class ImageFolderDataset(Dataset):
-    """root/<class>/<image>; classes sorted by folder name; files that are not images are skipped."""
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970   # PIL's own error threshold (2 x its warning limit)
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
-    def __init__(self, root: str | Path, image_size: int):
+
+def decode_image(path: Path, image_size: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """Open and fully decode ``path`` (RGB, ADM-cropped to ``image_size`` if given); a file that
+    cannot be decoded, or whose header claims more than ``max_pixels`` (a decompression bomb),
+    raises DataError naming the file."""
+    Image.MAX_IMAGE_PIXELS = None        # our own limit below, which names the file and the setting
+    try:
+        with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                raise DataError(f"image {path} claims {img.width}x{img.height} pixels, over "
+                                f"data.max_image_pixels={max_pixels} (a decompression bomb?): remove it, "
+                                f"or raise the limit with --set data.max_image_pixels=N")
+            img.load()
+            img = to_rgb(img)
+    except DataError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise DataError(f"cannot decode image {path}: {e}. Remove or replace the file.") from None
+    return center_crop_arr(img, image_size) if image_size else img
+
+
+def image_files(root: Path, manifest: str | Path | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names, (file, label) pairs) of root/<class>/<image>: from a directory walk, or
+    from a `vco data check` manifest (its list of readable files, no walk)."""
+    if manifest is not None:
+        from .check import read_manifest
+        return read_manifest(manifest, root)
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    samples = []
+    for k, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        samples += [(p, k) for p in files]
+    return classes, samples
+
+
+class ImageFolderDataset(Dataset):
+    """root/<class>/<image>; classes sorted by folder name; files that are not images are skipped.
+
+    A file that fails to decode mid-run is logged with its path and replaced by the next index
+    ((i + 1) mod N, then on): a function of i alone, so every rank and every resume draws the same
+    replacement and exact resume holds (the next readable file of the same class, so the label
+    stays true). After ``max_bad_images`` distinct bad files (counted per data-loading process)
+    the run stops with their list; 0 stops at the first.
+    """
+
+    def __init__(self, root: str | Path, image_size: int, manifest: str | Path | None = None,
+                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, max_bad_images: int = 0):
         self.root, self.image_size = Path(root), image_size
+        self.max_pixels, self.max_bad = max_image_pixels, max_bad_images
+        self.bad: dict[Path, str] = {}
         if not self.root.is_dir():
             raise DataError(f"data folder not found: {self.root}")
-        classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        classes, self.samples = image_files(self.root, manifest)
         if not classes:
             raise DataError(f"{self.root} has no class sub-folders; expected root/<class>/<image files>")
-        self.samples: list[tuple[Path, int]] = []
-        for k, name in enumerate(classes):
-            files = sorted(p for p in (self.root / name).rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            self.samples += [(p, k) for p in files]
         if not self.samples:
             raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         counts = torch.bincount(torch.tensor([k for _, k in self.samples]), minlength=len(classes))
@@ -73,12 +117,25 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, i: int):
-        path, label = self.samples[i]
-        try:
-            with Image.open(path) as img:
-                img.load()
-                img = center_crop_arr(to_rgb(img), self.image_size)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"cannot decode image {path}: {e}. Remove or replace the file.") from None
-        arr = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W) uint8
-        return arr, label
+        label = self.samples[i][1]
+        for j in range(len(self.samples)):       # the next readable image of the same class
+            path, k = self.samples[(i + j) % len(self.samples)]
+            if k != label:
+                continue
+            try:
+                img = decode_image(path, self.image_size, self.max_pixels)
+            except DataError as e:
+                self._bad_file(path, str(e))
+                continue
+            return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1), label  # (3, H, W) uint8
+        raise DataError(f"no image of class {self.class_names[label]!r} under {self.root} can be decoded")
+
+    def _bad_file(self, path: Path, why: str) -> None:
+        if path not in self.bad:
+            self.bad[path] = why
+            log.warning("skipping an unreadable image (%d so far): %s", len(self.bad), why)
+        if len(self.bad) > self.max_bad:
+            listing = "\n  ".join(self.bad.values())
+            raise DataError(f"{len(self.bad)} unreadable image(s), over data.max_bad_images={self.max_bad}:\n  "
+                            f"{listing}\nRun `vco data check {self.root}` to list them all, then remove them "
+                            f"or train from its manifest (--set data.manifest=FILE)")
