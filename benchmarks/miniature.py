@@ -104,7 +104,7 @@ def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int)
         points.append(point)
     record = {"variant": v.name, "preset": v.preset, "overrides": v.overrides, "removes": v.removes,
               "params": count_params(variant_config(v, EVAL_AT[-1]).model), "points": points,
-              "config": json.loads(json.dumps(read_config(run)))}
+              "config": read_config(run)}
     if guided and until >= EVAL_AT[-1]:
         record["guided"] = guided_eval(run, ref, inception)
     return record

@@ -81,6 +81,7 @@ class DataConfig:
     classes_per_batch: int = 0        # >0: class-balanced micro-batches of this many classes
     manifest: Optional[str] = None    # folder data: a `vco data check` manifest (its readable files)
     max_image_pixels: int = 178_956_970  # folder data: larger claimed sizes are decompression bombs
+                                         # (PIL's own error threshold, 2 x its warning limit)
     max_bad_images: int = 100         # folder data: unreadable files replaced (logged) before a stop
 
 

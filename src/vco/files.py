@@ -74,8 +74,8 @@ _LIBRARY_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> None:
     """Delete the temporary files of writes that were killed midway (the real files were never
-    touched): ours (``.<name>.<random>.tmp``) and safetensors' (``.tmpXXXXXX``); call it only when
-    no other process is writing into ``folder``."""
+    touched): ours (``.<name>.<random>.tmp``) and safetensors' (``.tmp`` + 6 random characters);
+    call it only when no other process is writing into ``folder``."""
     for tmp in Path(folder).iterdir():
         if tmp.is_file() and ((tmp.name.startswith(".") and tmp.name.endswith(".tmp"))
                               or _LIBRARY_TEMPORARY.fullmatch(tmp.name)):

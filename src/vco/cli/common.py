@@ -49,9 +49,9 @@ def sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
 
 
-def check_sampling(cfg_scale: float | None, steps: int | None) -> None:
-    if cfg_scale is not None and not (math.isfinite(cfg_scale) and cfg_scale >= 0):
-        raise C.ConfigError(f"--cfg must be >= 0 (1 = no guidance), got {cfg_scale}")
+def check_sampling(steps: int | None) -> None:
+    """The sampler steps a command will run (the guidance scale is checked where it is read: the
+    --cfg argument's type, and the config's ranges)."""
     if steps is not None and not 1 <= steps <= 10_000:
         raise C.ConfigError(f"--steps must be in 1..10000, got {steps}")
 

@@ -21,7 +21,7 @@ def cmd_sample(args) -> None:
     for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
         if value is not None:
             setattr(cfg.sampler, key, value)
-    check_sampling(cfg.sampler.cfg, cfg.sampler.steps)
+    check_sampling(cfg.sampler.steps)
     if args.num < 1:
         raise C.ConfigError(f"--num must be >= 1, got {args.num}")
     labels = class_labels(args.num, cfg.model.num_classes)
@@ -100,7 +100,7 @@ def cmd_eval(args) -> None:
     if not args.ref:
         raise C.ConfigError("--ref is required: reference statistics from `vco eval ref --data ... "
                             "--out ref.npz`, ADM's VIRTUAL_imagenet256_labeled.npz or JiT's jit_in256_stats.npz")
-    check_sampling(args.cfg, args.steps)
+    check_sampling(args.steps)
     if launched() and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     model, cfg, meta = load_run_model(args.run, args.weights, device)

@@ -73,7 +73,7 @@ def add_parsers(sub) -> None:
     c.add_argument("dir")
     c.add_argument("--manifest", help="write the readable files here (JSON), for --set data.manifest=FILE")
     c.add_argument("--workers", type=nonnegative_int, default=0, help="processes (0: one per CPU)")
-    c.add_argument("--max-image-pixels", type=positive_int, default=178_956_970,
+    c.add_argument("--max-image-pixels", type=positive_int, default=C.DataConfig.max_image_pixels,
                    help="larger claimed sizes are decompression bombs (data.max_image_pixels)")
     c.set_defaults(func=cmd_data_check)
 

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..files import atomic_write_text
 from .base import DataError
-from .folder import DEFAULT_MAX_IMAGE_PIXELS, IMAGE_EXTENSIONS, decode_image
+from .folder import DEFAULT_MAX_IMAGE_PIXELS, class_files, decode_image, is_image_file
 
 MANIFEST_FORMAT = "vco-image-manifest-1"
 
@@ -31,25 +31,20 @@ def check_folder(root: str | Path, workers: int = 0, max_pixels: int = DEFAULT_M
     """{"classes", "good": [(relative path, label)], "bad": [(relative path, why)]} of ``root``.
     Files without an image extension are listed as bad (training never reads them)."""
     root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root} has no class sub-folders; expected root/<class>/<image files>")
-    files, bad = [], []
-    for k, name in enumerate(classes):
-        for p in sorted(q for q in (root / name).rglob("*") if q.is_file()):
-            if p.suffix.lower() in IMAGE_EXTENSIONS:
-                files.append((p, k))
-            else:
-                bad.append((str(p.relative_to(root)), f"{p}: not an image file (extension {p.suffix or 'none'})"))
+    classes, everything = class_files(root)
+    files = [(p, k) for p, k in everything if is_image_file(p)]
+    bad = [(str(p.relative_to(root)), f"{p}: not an image file (extension {p.suffix or 'none'})")
+           for p, _ in everything if not is_image_file(p)]
     good = []
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(workers) as pool:
         results = pool.map(_check_one, [(str(p), max_pixels) for p, _ in files], chunksize=64)
         for (p, k), why in tqdm(zip(files, results), total=len(files), desc="check", unit="img",
                                 disable=not progress):
-            (bad.append((str(p.relative_to(root)), why)) if why else good.append((str(p.relative_to(root)), k)))
+            if why:
+                bad.append((str(p.relative_to(root)), why))
+            else:
+                good.append((str(p.relative_to(root)), k))
     return {"classes": classes, "good": good, "bad": bad}
 
 
@@ -63,6 +58,8 @@ def write_manifest(report: dict, path: str | Path, root: str | Path) -> Path:
 def read_manifest(path: str | Path, root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, (file, label) pairs) listed by a manifest of ``root``."""
     path = Path(path)
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
     try:
         body = json.loads(path.read_text())
     except (OSError, ValueError) as e:

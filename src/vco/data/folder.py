@@ -9,6 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..config import DataConfig
 from .base import DataError
 
 log = logging.getLogger("vco.data")
@@ -42,7 +43,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-DEFAULT_MAX_IMAGE_PIXELS = 178_956_970   # PIL's own error threshold (2 x its warning limit)
+DEFAULT_MAX_IMAGE_PIXELS = DataConfig.max_image_pixels
+# Our own limit (decode_image) replaces PIL's global one, so that the error names the file and the setting.
+Image.MAX_IMAGE_PIXELS = None
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -51,7 +54,6 @@ def decode_image(path: Path, image_size: int | None = None,
     """Open and fully decode ``path`` (RGB, ADM-cropped to ``image_size`` if given); a file that
     cannot be decoded, or whose header claims more than ``max_pixels`` (a decompression bomb),
     raises DataError naming the file."""
-    Image.MAX_IMAGE_PIXELS = None        # our own limit below, which names the file and the setting
     try:
         with Image.open(path) as img:
             if img.width * img.height > max_pixels:
@@ -67,27 +69,37 @@ def decode_image(path: Path, image_size: int | None = None,
     return center_crop_arr(img, image_size) if image_size else img
 
 
+def class_files(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(class names: the sub-folders, sorted; every file under each, sorted, with its label)."""
+    if not root.is_dir():
+        raise DataError(f"data folder not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders; expected root/<class>/<image files>")
+    return classes, [(p, k) for k, name in enumerate(classes)
+                     for p in sorted(q for q in (root / name).rglob("*") if q.is_file())]
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def image_files(root: Path, manifest: str | Path | None = None) -> tuple[list[str], list[tuple[Path, int]]]:
     """(class names, (file, label) pairs) of root/<class>/<image>: from a directory walk, or
     from a `vco data check` manifest (its list of readable files, no walk)."""
     if manifest is not None:
         from .check import read_manifest
         return read_manifest(manifest, root)
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    samples = []
-    for k, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        samples += [(p, k) for p in files]
-    return classes, samples
+    classes, files = class_files(root)
+    return classes, [(p, k) for p, k in files if is_image_file(p)]
 
 
 class ImageFolderDataset(Dataset):
     """root/<class>/<image>; classes sorted by folder name; files that are not images are skipped.
 
-    A file that fails to decode mid-run is logged with its path and replaced by the next index
-    ((i + 1) mod N, then on): a function of i alone, so every rank and every resume draws the same
-    replacement and exact resume holds (the next readable file of the same class, so the label
-    stays true). After ``max_bad_images`` distinct bad files (counted per data-loading process)
+    A file that fails to decode mid-run is logged with its path and replaced by the next readable
+    file of its class (indices i + 1, i + 2, ... mod N), so the label stays true: a function of i
+    alone, so every rank and every resume draws the same replacement and exact resume holds. After ``max_bad_images`` distinct bad files (counted per data-loading process)
     the run stops with their list; 0 stops at the first.
     """
 
@@ -96,11 +108,7 @@ class ImageFolderDataset(Dataset):
         self.root, self.image_size = Path(root), image_size
         self.max_pixels, self.max_bad = max_image_pixels, max_bad_images
         self.bad: dict[Path, str] = {}
-        if not self.root.is_dir():
-            raise DataError(f"data folder not found: {self.root}")
         classes, self.samples = image_files(self.root, manifest)
-        if not classes:
-            raise DataError(f"{self.root} has no class sub-folders; expected root/<class>/<image files>")
         if not self.samples:
             raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {self.root}")
         counts = torch.bincount(torch.tensor([k for _, k in self.samples]), minlength=len(classes))

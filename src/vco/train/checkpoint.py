@@ -110,7 +110,8 @@ def read_meta(run: str | Path) -> dict:
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
-            layout = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            layout = {k: (v.get_dtype(), v.get_shape()) for k, v in slices.items()}
         meta = json.loads(header.get("meta", "{}"))
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path} is truncated or corrupt ({e}); use an earlier copy") from None
