@@ -113,3 +113,34 @@ def test_guided_velocity_formula():
                  DiffusionConfig(), null_label=9)
     # t = 0: v_c = (0.7 - 0)/1, v_u = (-0.5 - 0)/1, guided = -0.5 + 3 * 1.2 = 3.1; z1 = 3.1
     assert out.item() == pytest.approx(3.1)
+
+
+class TwoStream(torch.nn.Module):
+    """A co-denoising stand-in: pixels x_hat = 0.7 (cond) / -0.5 (uncond), semantic features
+    f_hat = 0.4 (cond) / -0.2 (uncond, the semantics-dropped half)."""
+    def forward(self, z, t, y, f, drop=None):
+        dropped = torch.zeros_like(y, dtype=torch.bool) if drop is None else drop
+        x_hat = torch.zeros_like(z) + torch.where(dropped, -0.5, 0.7).view(-1, 1, 1, 1)
+        f_hat = torch.zeros_like(f) + torch.where(dropped, -0.2, 0.4).view(-1, 1, 1)
+        return x_hat, f_hat
+
+
+@pytest.mark.parametrize("w_sem, expected_f", [(None, -0.2 + 3 * 0.6), (1.0, 0.4), (2.0, -0.2 + 2 * 0.6)])
+def test_semantic_stream_has_its_own_guidance_scale(w_sem, expected_f):
+    """One Euler step from t = 0 with z = 0: each stream lands on its own guided velocity
+    v_u + w (v_c - v_u); w_sem = 1 leaves the semantic stream on its conditional velocity
+    while the pixels stay guided with w = 3; unset, it follows w."""
+    from vco.diffusion.sampler import guided_velocity
+    z0, f0, y = torch.zeros(2, 1, 2, 2), torch.zeros(2, 3, 4), torch.tensor([0, 1])
+    cfg = SamplerConfig(method="euler", steps=1, cfg=3.0, cfg_semantic=w_sem, interval_min=0.0)
+    d = DiffusionConfig()
+    v_x, v_f = guided_velocity(TwoStream(), [z0, f0], 0.0, y,
+                               [3.0, 3.0 if w_sem is None else w_sem], null_label=9, t_eps=d.t_eps)
+    assert torch.allclose(v_x, torch.full_like(v_x, -0.5 + 3 * 1.2))
+    assert torch.allclose(v_f, torch.full_like(v_f, expected_f))
+    # the sampler gives each stream its scale: the pixel sample is the same whatever w_sem is
+    x = sample(TwoStream(), y, [z0, f0], cfg, d, null_label=9)
+    assert torch.allclose(x, torch.full_like(x, -0.5 + 3 * 1.2))
+    from vco.diffusion.sampler import guidance_scales
+    assert guidance_scales(0.5, cfg, 2) == [3.0, 3.0 if w_sem is None else w_sem]
+    assert guidance_scales(0.5, SamplerConfig(cfg=3.0, cfg_semantic=w_sem, interval_max=0.4), 2) == [1.0, 1.0]

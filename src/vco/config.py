@@ -66,7 +66,8 @@ class DiffusionConfig:
 class SamplerConfig:
     method: str = "heun"              # heun (last interval Euler) | euler
     steps: int = 50
-    cfg: float = 1.0
+    cfg: float = 1.0                  # guidance scale w of the pixel stream
+    cfg_semantic: Optional[float] = None  # w of the semantic stream (V-Co); None: the same as cfg
     interval_min: float = 0.1         # guidance only for interval_min < t < interval_max
     interval_max: float = 1.0
 
@@ -122,6 +123,11 @@ class TrainConfig:
     adamw: str = "auto"               # auto | fused | foreach | loop (auto: fused; foreach under FSDP)
     ema_decays: tuple[float, float] = (0.9999, 0.9996)
     ema_warmup: bool = True           # decay_t = min(decay, (1 + t) / (10 + t)): useful weights early
+    # post-hoc EMA (vco ema / vco eval --ema-sweep): two power-function EMAs of these relative
+    # widths, both saved every posthoc_ema_every steps (disk: 2 x params x 4 bytes per snapshot)
+    posthoc_ema: bool = False
+    posthoc_ema_widths: tuple[float, float] = (0.05, 0.10)
+    posthoc_ema_every: int = 500
     precision: str = "auto"           # auto | bf16 | fp32 (auto: bf16 where the hardware has it)
     seed: int = 0
     log_every: int = 10

@@ -34,6 +34,7 @@ RANGES: dict[str, tuple] = {
     "diffusion.semantic_drop_prob": (0, 1, True, True),
     "sampler.steps": (1, None, True, True),
     "sampler.cfg": (0, None, True, True),
+    "sampler.cfg_semantic": (0, None, True, True),
     "sampler.interval_min": (0, 1, True, True),
     "sampler.interval_max": (0, 1, True, True),
     "data.num_workers": (0, None, True, True),
@@ -53,6 +54,8 @@ RANGES: dict[str, tuple] = {
     "train.weight_decay": (0, None, True, True),
     "train.betas": (0, 1, True, False),
     "train.ema_decays": (0, 1, True, False),
+    "train.posthoc_ema_widths": (0, 0.2886, False, False),   # sigma_rel < sqrt(1/12): gamma > 0
+    "train.posthoc_ema_every": (1, None, True, True),
     "train.seed": (0, None, True, True),
     "train.log_every": (1, None, True, True),
     "train.ckpt_every": (1, None, True, True),

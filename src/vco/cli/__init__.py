@@ -1,4 +1,4 @@
-"""The ``vco`` command: train, sample, info, stats, cache, eval, convert-official, demo, data check."""
+"""The ``vco`` command: train, sample, info, stats, cache, eval, ema, convert-official, demo, data check."""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +9,14 @@ from .. import config as C
 from ..data import DataError
 from ..files import WriteError
 from ..train.checkpoint import CheckpointError
-from . import convert, evaluate, features, train
+from . import convert, ema, evaluate, features, train
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vco", description="Pixel diffusion with visual co-denoising")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (train, evaluate, features, convert):
+    for module in (train, evaluate, ema, features, convert):
         module.add_parsers(sub)
     return parser
 

@@ -41,12 +41,26 @@ def config_args(p: argparse.ArgumentParser, preset_required: bool = False) -> No
 
 def sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=nonnegative_float, help="guidance scale w (1 = none)")
+    p.add_argument("--cfg-semantic", type=nonnegative_float,
+                   help="V-Co: the semantic stream's own w (default: the same as --cfg; 1 = unguided)")
     p.add_argument("--steps", type=positive_int, help="sampler steps")
     p.add_argument("--method", choices=["heun", "euler"])
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--weights", default="ema1", choices=["ema1", "ema2", "model"])
     p.add_argument("--device", default="auto")
+
+
+def parse_range(text: str, flag: str, example: str) -> list[float]:
+    """start:stop:step -> the values from start to stop (included); ``flag`` and ``example``
+    name the option in the error."""
+    try:
+        lo, hi, step = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise C.ConfigError(f"{flag} takes start:stop:step, e.g. {example} (got '{text}')") from None
+    if not all(map(math.isfinite, (lo, hi, step))) or step <= 0 or hi < lo:
+        raise C.ConfigError(f"{flag} needs step > 0 and stop >= start (got '{text}')")
+    return [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
 
 
 def check_sampling(steps: int | None) -> None:

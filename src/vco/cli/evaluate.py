@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from .. import config as C
-from .common import check_image_path, check_sampling, config_args, data_overrides, positive_int, sampling_args, set_overrides
+from .common import (check_image_path, check_sampling, config_args, data_overrides, nonnegative_int, parse_range, positive_int,
+                     sampling_args, set_overrides)
 
 
 def cmd_sample(args) -> None:
@@ -18,7 +19,8 @@ def cmd_sample(args) -> None:
     check_image_path(args.out)
     device = resolve_device(args.device)
     model, cfg, meta = load_run_model(args.run, args.weights, device)
-    for key, value in (("cfg", args.cfg), ("steps", args.steps), ("method", args.method)):
+    for key, value in (("cfg", args.cfg), ("cfg_semantic", args.cfg_semantic), ("steps", args.steps),
+                       ("method", args.method)):
         if value is not None:
             setattr(cfg.sampler, key, value)
     check_sampling(cfg.sampler.steps)
@@ -34,16 +36,6 @@ def cmd_sample(args) -> None:
         npz = Path(args.out).with_suffix(".npz")
         np.savez(npz, arr_0=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy())
         print(f"uint8 samples (N, H, W, C) -> {npz}")
-
-
-def _parse_sweep(text: str) -> list[float]:
-    try:
-        lo, hi, step = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise C.ConfigError(f"--cfg-sweep takes start:stop:step, e.g. 1.0:3.0:0.2 (got '{text}')") from None
-    if step <= 0 or hi < lo:
-        raise C.ConfigError(f"--cfg-sweep needs step > 0 and stop >= start (got '{text}')")
-    return [round(lo + k * step, 6) for k in range(int(round((hi - lo) / step)) + 1)]
 
 
 def _features_of_source(path: str, inception, num: int | None = None):
@@ -80,14 +72,39 @@ def cmd_eval_ref(args, device) -> None:
     idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))[:n].sort().values
     feats = InceptionFeatures(device).extract(data[i][0] for i in idx.tolist())
     mu, sigma = np.mean(feats, 0), np.cov(feats, rowvar=False)
-    path = save_reference(args.out, mu, sigma, feats)
-    print(f"reference of {n} images of {args.data} -> {path}")
+    dinov2 = None
+    if args.fd_dinov2:                # a second pass over the images: no copy of the set in memory
+        from ..eval.dinov2_features import DINOv2Features
+        dino = DINOv2Features(args.fd_dinov2, device).extract((data[i][0] for i in idx.tolist()),
+                                                               batch_size=args.batch_size, progress=True)
+        dinov2 = (np.mean(dino, 0), np.cov(dino, rowvar=False))
+    path = save_reference(args.out, mu, sigma, feats, dinov2=dinov2, dinov2_model=args.fd_dinov2)
+    print(f"reference of {n} images of {args.data}{' (Inception and DINOv2)' if dinov2 else ''} -> {path}")
+
+
+def optional_metrics(args, ref, device):
+    """The Inception classifier (--inception-weights) and DINOv2 (--fd-dinov2) when asked for,
+    loaded and checked before any sample is drawn."""
+    classifier = dinov2 = None
+    if args.inception_weights:
+        from ..eval.inception_score import InceptionClassifier
+        classifier = InceptionClassifier.from_file(args.inception_weights, device)
+    if args.fd_dinov2:
+        if ref.dinov2 is None:
+            raise C.ConfigError(f"{args.ref} holds no FD-DINOv2 statistics: rebuild it with "
+                                f"`vco eval ref ... --fd-dinov2 {args.fd_dinov2} --out REF`")
+        if ref.dinov2_model != args.fd_dinov2:
+            print(f"warning: {args.ref} has DINOv2 statistics of '{ref.dinov2_model}', the samples are "
+                  f"scored with '{args.fd_dinov2}': FD-DINOv2 compares them only if the weights are the same")
+        from ..eval.dinov2_features import DINOv2Features
+        dinov2 = DINOv2Features(args.fd_dinov2, device)
+    return classifier, dinov2
 
 
 def cmd_eval(args) -> None:
     from ..device import resolve_device
     from ..eval import InceptionFeatures, load_reference
-    from ..eval.evaluate import EvalSettings, evaluate, sweep_outputs, write_json
+    from ..eval.evaluate import EvalSettings, ema_sweep_outputs, evaluate, sweep_outputs, write_json
     from ..train.distributed import launched, process_rank
     from ..train import load_run_model
     device = resolve_device(args.device)
@@ -106,32 +123,50 @@ def cmd_eval(args) -> None:
     model, cfg, meta = load_run_model(args.run, args.weights, device)
     ref = load_reference(args.ref)
     inception = InceptionFeatures(device)
+    classifier, dinov2 = optional_metrics(args, ref, device)
     out_dir = Path(args.run) / "eval"
-    ws = _parse_sweep(args.cfg_sweep) if args.cfg_sweep else [args.cfg if args.cfg is not None else cfg.sampler.cfg]
+    ws = parse_range(args.cfg_sweep, "--cfg-sweep", "1.0:3.0:0.2") if args.cfg_sweep else \
+        [args.cfg if args.cfg is not None else cfg.sampler.cfg]
+    widths = parse_range(args.ema_sweep, "--ema-sweep", "0.03:0.15:0.01") if args.ema_sweep else [None]
     results = []
-    for w in ws:
-        settings = EvalSettings(num=args.num, cfg=w, steps=args.steps or cfg.sampler.steps,
-                                method=args.method or cfg.sampler.method, seed=args.seed,
-                                batch_size=args.batch_size, weights=args.weights)
-        r = evaluate(model, cfg, meta, settings, ref, device, inception, out_dir)
-        if process_rank()[0] == 0:
+    for width in widths:
+        if width is not None:           # one width at a time: memory for one extra weight set
+            from ..train.posthoc_ema import load_into, reconstruct
+            weights, info = reconstruct(args.run, [width], args.ema_step)
+            load_into(model, weights[width], args.run)
+        for w in ws:
+            settings = EvalSettings(num=args.num, cfg=w, cfg_semantic=args.cfg_semantic,
+                                    steps=args.steps or cfg.sampler.steps,
+                                    method=args.method or cfg.sampler.method, seed=args.seed,
+                                    batch_size=args.batch_size,
+                                    weights=args.weights if width is None else f"posthoc_ema:{width:g}")
+            r = evaluate(model, cfg, meta, settings, ref, device, inception, out_dir, classifier, dinov2)
+            if process_rank()[0] != 0:
+                continue
+            if width is not None:
+                r["posthoc_ema"] = {"sigma_rel": width, "step": info["step"], **info["widths"][f"{width:g}"]}
             results.append(r)
             extra = (f" precision={r['precision']:.4f} recall={r['recall']:.4f}" if "precision" in r else "")
-            print(f"cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra} "
-                  f"(IS unavailable: no classifier head in the offline Inception)")
+            ema = "" if width is None else f"sigma_rel={width:g} "
+            print(f"{ema}cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra}"
+                  + "".join(f" {k}={r[k]:.4f}" for k in ("fd_dinov2", "inception_score") if r.get(k) is not None))
     if process_rank()[0] != 0:
         return
     tag = f"n{args.num}_s{results[0]['settings']['steps']}"
-    if len(results) == 1:
+    best = min(results, key=lambda r: r["fid"])
+    if args.ema_sweep:
+        path = write_json(out_dir / f"ema_sweep_{tag}.json", results)
+        table, plot = ema_sweep_outputs(results, out_dir, f"ema_sweep_{tag}")
+        print(f"EMA sweep -> {path}, {table}, {plot}; best sigma_rel={best['posthoc_ema']['sigma_rel']:g} "
+              f"w={best['settings']['cfg']:g}")
+    elif len(results) == 1:
         path = write_json(out_dir / f"eval_{tag}_cfg{ws[0]:g}.json", results[0])
         print(f"results -> {path}")
-        print(f"fid={results[0]['fid']:.4f}")
     else:
         path = write_json(out_dir / f"sweep_{tag}.json", results)
         table, plot = sweep_outputs(results, out_dir, f"sweep_{tag}")
-        best = min(results, key=lambda r: r["fid"])
         print(f"sweep -> {path}, {table}, {plot}; best w={best['settings']['cfg']:g}")
-        print(f"fid={best['fid']:.4f}")
+    print(f"fid={best['fid']:.4f}")
 
 
 def add_parsers(sub) -> None:
@@ -156,6 +191,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--num", type=positive_int, default=10_000, help="samples (a multiple of the classes); ref: images")
     sampling_args(p)
     p.add_argument("--cfg-sweep", help="start:stop:step, e.g. 1.0:3.0:0.2")
+    p.add_argument("--ema-sweep", help="post-hoc EMA widths start:stop:step, e.g. 0.03:0.15:0.01 (a run "
+                   "trained with train.posthoc_ema; combines with --cfg-sweep)")
+    p.add_argument("--ema-step", type=nonnegative_int, help="--ema-sweep: reconstruct at this snapshot step "
+                   "(default: the last)")
     p.add_argument("--out", help="ref: output .npz")
+    p.add_argument("--fd-dinov2", metavar="MODEL",
+                   help="also FD-DINOv2 (ref: also store its statistics), with these DINOv2 weights: a local "
+                        "folder or hub id, e.g. facebook/dinov2-large (ViT-L/14, as Stein et al. 2023)")
+    p.add_argument("--inception-weights", metavar="PTH",
+                   help="also the Inception Score, from pt_inception-2015-12-05-6726825d.pth (the 2015 "
+                        "Inception with its 1008-way head, as the PyTorch FID packages download it)")
     p.set_defaults(func=cmd_eval)
 

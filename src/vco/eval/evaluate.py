@@ -15,7 +15,7 @@ from ..files import atomic_write_text
 from ..sampling import generate, save_grid
 from ..train.distributed import process_rank
 from .inception import IS_UNAVAILABLE_REASON, InceptionFeatures
-from .metrics import frechet_distance, kid, precision_recall, stats
+from .metrics import frechet_distance, inception_score, kid, precision_recall, stats
 from .reference import ReferenceStats
 
 
@@ -68,23 +68,39 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 64
     weights: str = "ema1"
+    cfg_semantic: float | None = None     # the semantic stream's w (None: the same as cfg)
 
 
 def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats, device,
-             inception: InceptionFeatures, out_dir: Path | None = None) -> dict:
-    """Generate ``settings.num`` samples and score them against ``ref`` (rank 0 gets the dict)."""
-    cfg.sampler.cfg, cfg.sampler.steps, cfg.sampler.method = settings.cfg, settings.steps, settings.method
+             inception: InceptionFeatures, out_dir: Path | None = None, classifier=None,
+             dinov2=None) -> dict:
+    """Generate ``settings.num`` samples and score them against ``ref`` (rank 0 gets the dict).
+    ``classifier`` (vco.eval.inception_score.InceptionClassifier) adds the Inception Score;
+    ``dinov2`` (vco.eval.dinov2_features.DINOv2Features) adds FD-DINOv2 (``ref`` must hold its
+    statistics)."""
+    # both scales are set (a sweep over w guides both streams unless cfg_semantic is given)
+    cfg.sampler.cfg, cfg.sampler.cfg_semantic = settings.cfg, settings.cfg_semantic
+    cfg.sampler.steps, cfg.sampler.method = settings.steps, settings.method
     labels = per_class_labels(settings.num, cfg.model.num_classes)
     t0 = time.time()
     share, images = generate_share(model, cfg, labels, settings.seed, settings.batch_size, device)
     gen_s = time.time() - t0
     feats = gather(inception.extract(images, batch_size=settings.batch_size, progress=False))
+    logits = None if classifier is None else gather(classifier.extract_logits(images, settings.batch_size))
+    dino = None if dinov2 is None else gather(dinov2.extract(images, settings.batch_size))
     rank, _ = process_rank()
     if rank != 0:
         return {}
     mu, sigma = stats(feats)
-    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma),
-              "inception_score": None, "inception_score_note": IS_UNAVAILABLE_REASON}
+    result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
+    if logits is not None:
+        result["inception_score"], result["inception_score_std"] = inception_score(logits, min(10, len(logits)), from_logits=True)
+        result["inception_weights"] = str(classifier.path)
+    else:
+        result.update(inception_score=None, inception_score_note=IS_UNAVAILABLE_REASON)
+    if dino is not None:
+        result["fd_dinov2"] = frechet_distance(*stats(dino), *ref.dinov2)
+        result["fd_dinov2_model"] = dinov2.source
     if ref.feats is not None:
         result["precision"], result["recall"] = precision_recall(ref.feats, feats, k=3)
         result["kid"], result["kid_std"] = kid(ref.feats, feats)
@@ -113,12 +129,17 @@ def sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ws = [r["settings"]["cfg"] for r in results]
-    rows = ["| w | FID | precision | recall | IS |", "|---|---|---|---|---|"]
+    has_is, has_fd = results[0].get("inception_score") is not None, "fd_dinov2" in results[0]
+    rows = ["| w | FID | precision | recall | IS |" + (" FD-DINOv2 |" if has_fd else ""),
+            "|---|---|---|---|---|" + ("---|" if has_fd else "")]
     for w, r in zip(ws, results):
+        is_text = f"{r['inception_score']:.2f} ± {r['inception_score_std']:.2f}" if has_is else "n/a"
         rows.append(f"| {w:g} | {r['fid']:.2f} | {r.get('precision', float('nan')):.3f} | "
-                    f"{r.get('recall', float('nan')):.3f} | n/a |")
+                    f"{r.get('recall', float('nan')):.3f} | {is_text} |"
+                    + (f" {r['fd_dinov2']:.2f} |" if has_fd else ""))
     table = out_dir / f"{stem}.md"
-    table.write_text("\n".join(rows) + "\n\nIS: " + IS_UNAVAILABLE_REASON + "\n")
+    note = "" if has_is else "\nIS: " + IS_UNAVAILABLE_REASON + "\n"
+    atomic_write_text(table, "\n".join(rows) + "\n" + note)
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(ws, [r["fid"] for r in results], "o-", label="FID")
     ax.set_xlabel("guidance scale w")
@@ -130,6 +151,38 @@ def sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, 
         ax2.set_ylabel("precision / recall")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plot = out_dir / f"{stem}.png"
+    fig.savefig(plot)
+    plt.close(fig)
+    return table, plot
+
+
+def ema_sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, Path]:
+    """A markdown table (one row per post-hoc EMA width, one FID column per w) and a PNG of FID
+    against sigma_rel, one line per guidance scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    widths = sorted({r["posthoc_ema"]["sigma_rel"] for r in results})
+    ws = sorted({r["settings"]["cfg"] for r in results})
+    fid = {(r["posthoc_ema"]["sigma_rel"], r["settings"]["cfg"]): r["fid"] for r in results}
+    rows = ["| sigma_rel | " + " | ".join(f"FID (w = {w:g})" for w in ws) + " |",
+            "|---|" + "---|" * len(ws)]
+    rows += [f"| {s:g} | " + " | ".join(f"{fid[s, w]:.2f}" for w in ws) + " |" for s in widths]
+    best = min(results, key=lambda r: r["fid"])
+    rows += ["", f"Best: sigma_rel {best['posthoc_ema']['sigma_rel']:g}, w {best['settings']['cfg']:g}: "
+                 f"FID {best['fid']:.2f} ({best['settings']['num']} samples, post-hoc EMA at step "
+                 f"{best['posthoc_ema']['step']})."]
+    table = out_dir / f"{stem}.md"
+    atomic_write_text(table, "\n".join(rows) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    for w in ws:
+        ax.plot(widths, [fid[s, w] for s in widths], "o-", label=f"w = {w:g}")
+    ax.set_xlabel("post-hoc EMA width sigma_rel")
+    ax.set_ylabel("FID")
+    ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
     plot = out_dir / f"{stem}.png"

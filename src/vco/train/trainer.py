@@ -35,6 +35,7 @@ from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, 
 from .ema import EMA
 from .metrics import MetricsLog
 from .objective import build_objective
+from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot, storage_bytes
 
 log = logging.getLogger("vco.train")
 CONFIG_HISTORY = "config_history"      # a resumed run's earlier config.yaml files, by last step
@@ -87,6 +88,8 @@ class Trainer:
         self.params.update({f"aux.{n}": p for n, p in self.aux_params.items()})
         self.optimizer = self._optimizer()
         self.emas = [EMA(self.model, d, tc.ema_warmup) for d in tc.ema_decays]
+        # post-hoc EMA: power-function EMAs whose snapshots `vco ema` recombines into any width
+        self.power_emas = [PowerEMA(self.model, w) for w in tc.posthoc_ema_widths] if tc.posthoc_ema else []
         if tc.compile:                             # in place: parameter names stay unchanged
             self.model.compile(backend=tc.compile_backend)
         self.forward = self._wrapped_objective()
@@ -169,6 +172,8 @@ class Trainer:
         t.update({f"aux/{k}": v.detach() for k, v in self.aux_params.items()})
         for i, ema in enumerate(self.emas, 1):
             t.update({f"ema{i}/{k}": v for k, v in ema.state_dict().items()})
+        for i, ema in enumerate(self.power_emas, 1):
+            t.update({f"power_ema{i}/{k}": v for k, v in ema.state_dict().items()})
         t.update(optimizer_tensors(self.optimizer, names))
         # FSDP: every rank takes part in gathering the shards
         return {k: distributed.full_tensor(v) for k, v in t.items()}
@@ -193,6 +198,11 @@ class Trainer:
         load_weights(self.model, like(section("model"), own), source=str(self.run_dir))
         for i, ema in enumerate(self.emas, 1):
             ema.load_state_dict(like(section(f"ema{i}"), ema.shadow))
+        for i, ema in enumerate(self.power_emas, 1):
+            if not section(f"power_ema{i}"):
+                raise CheckpointError(f"{self.run_dir} was trained without train.posthoc_ema: its "
+                                      f"power-function EMAs cannot start mid-run; resume without it")
+            ema.load_state_dict(like(section(f"power_ema{i}"), ema.shadow))
         aux = section("aux")
         mismatch = state_mismatch({k: distributed.full_tensor(p) for k, p in self.aux_params.items()}, aux)
         if mismatch:
@@ -295,6 +305,10 @@ class Trainer:
             self.bad_in_row += 1
             log.warning("step %d: non-finite loss or gradient; update skipped (%d in a row)",
                         self.step, self.bad_in_row)
+        # every step, skipped or not (the weights then stay as they were): a power EMA's clock is
+        # the step count, so that its profile stays the exact one its snapshots are solved with
+        for ema in self.power_emas:
+            ema.update(self.model, self.step + 1)
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
@@ -328,6 +342,8 @@ class Trainer:
                     f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient "
                     f"(last at step {self.step}); stopped. The last good checkpoint in "
                     f"{self.run_dir} is intact: lower the lr or check the data, then --resume")
+            if self.power_emas and self.step % tc.posthoc_ema_every == 0:
+                self.save_power_snapshot()
             if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
                 self.save()                        # never checkpoint in the middle of a bad streak
             if self.out_of_time(t0, step_s):
@@ -339,6 +355,21 @@ class Trainer:
         return {"steps": self.step - start, "final_step": self.step, "seconds": time.time() - t0,
                 "stopped_by_time_limit": stopped_early, "last_loss": last_loss}
 
+    def save_power_snapshot(self) -> None:
+        """The power EMAs at this step (a resumed run rewrites a later snapshot of a crashed one
+        with the same values: the snapshot sequence equals an uninterrupted run's)."""
+        # FSDP: every rank takes part in gathering the shards
+        full = [{k: distributed.full_tensor(v) for k, v in e.shadow.items()} for e in self.power_emas]
+        if self.world.is_main:
+            save_snapshot(self.run_dir, self.step,
+                          [(e.sigma_rel, e.gamma, f) for e, f in zip(self.power_emas, full)])
+
+    def posthoc_storage_bytes(self) -> int:
+        """Disk the post-hoc EMA snapshots of this run take (0 without post-hoc EMA)."""
+        tc = self.cfg.train
+        n = sum(p.numel() for p in self.power_emas[0].shadow.values()) if self.power_emas else 0
+        return storage_bytes(n, len(self.power_emas), tc.posthoc_ema_every, tc.steps)
+
     def _prepare_run_dir(self) -> None:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -346,6 +377,8 @@ class Trainer:
             raise CheckpointError(f"cannot create the run folder {self.run_dir}: {e.strerror}; "
                                   f"choose another --out") from None
         remove_stale_temporaries(self.run_dir)
+        if (self.run_dir / SNAPSHOT_DIR).is_dir():
+            remove_stale_temporaries(self.run_dir / SNAPSHOT_DIR)
         # a resumed run whose config changed keeps the one it trained with until now
         path, new = self.run_dir / "config.yaml", to_yaml(self.cfg)
         if path.is_file() and path.read_text() != new:
