@@ -33,12 +33,12 @@ def test_features_are_the_normed_cls_token_of_pil_bicubic_224px_images(dinov2_fo
     model = transformers.Dinov2Model.from_pretrained(dinov2_folder).eval()
     with torch.no_grad():
         hidden = model(pixel_values=(x - mean) / std).last_hidden_state
-    cls = torch.nn.functional.layer_norm(hidden[:, 0], (32,), model.layernorm.weight, model.layernorm.bias,
-                                         model.config.layer_norm_eps)
+        cls = torch.nn.functional.layer_norm(hidden[:, 0], (32,), model.layernorm.weight, model.layernorm.bias,
+                                             model.config.layer_norm_eps)
     assert ours.shape == (3, 32)
-    # PIL rounds its output to 8 bits: agreement to that rounding, not to float precision
-    assert np.allclose(ours, cls.double().numpy(), atol=0.05)
-    assert np.abs(ours - cls.double().numpy()).mean() < 0.01
+    # PIL rounds its output to 8 bits: agreement to that rounding (max 1.4e-3 here), not to float
+    # precision; torch's plain bicubic (another kernel) would differ by 2e-2
+    assert np.abs(ours - cls.double().numpy()).max() < 5e-3
 
 
 def test_eval_reports_fd_dinov2_against_a_reference_that_holds_it(tmp_path, capsys, dinov2_folder):

@@ -94,7 +94,8 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
     mu, sigma = stats(feats)
     result = {"fid": frechet_distance(mu, sigma, ref.mu, ref.sigma)}
     if logits is not None:
-        result["inception_score"], result["inception_score_std"] = inception_score(logits, min(10, len(logits)), from_logits=True)
+        result["inception_score"], result["inception_score_std"] = inception_score(
+            logits, min(10, len(logits)), from_logits=True)            # 10 splits, as ADM's suite
         result["inception_weights"] = str(classifier.path)
     else:
         result.update(inception_score=None, inception_score_note=IS_UNAVAILABLE_REASON)
