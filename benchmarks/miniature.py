@@ -157,12 +157,17 @@ def write_outputs(records: list[dict], results: Path) -> None:
         last = r["points"][-1]
         per_step = last["seconds"] / max(last["step"], 1)
         eq = at_equal_time(r, t_jit) if t_jit else None
-        eq_txt = f"{eq['fid']:.2f} ({eq['step']})" if eq else "-"
+        late = eq is not None and eq["seconds"] > 1.05 * t_jit      # even its first point took longer
+        eq_txt = f"{eq['fid']:.2f} ({eq['step']}{', ' + format(eq['seconds'] / 60, '.0f') + ' min †' if late else ''})" \
+            if eq else "-"
         g = r.get("guided")
         g_txt = f"{g['fid']:.2f} ({g['w']:g})" if g else "-"
         pr = g or last
         lines.append(f"| {r['variant']} | {r['removes']} | {r['params'] / 1e6:.2f}M | {fids} | {per_step:.2f} | "
                      f"{eq_txt} | {g_txt} | {pr['precision']:.3f} | {pr['recall']:.3f} |")
+    if t_jit and any(r["points"][0]["seconds"] > 1.05 * t_jit for r in records):
+        lines += ["", f"† even this variant's first evaluation point took longer than JiT's whole run "
+                      f"({t_jit / 60:.0f} min): the FID against training time is in miniature.png."]
     pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
     if pending:
         lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]

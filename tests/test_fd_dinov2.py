@@ -29,7 +29,8 @@ def test_features_are_the_normed_cls_token_of_pil_bicubic_224px_images(dinov2_fo
     pil = np.stack([np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).resize((224, 224), Image.BICUBIC))
                     for im in images])
     x = torch.from_numpy(pil).permute(0, 3, 1, 2).float() / 255
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     model = transformers.Dinov2Model.from_pretrained(dinov2_folder).eval()
     with torch.no_grad():
         hidden = model(pixel_values=(x - mean) / std).last_hidden_state

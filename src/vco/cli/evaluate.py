@@ -8,8 +8,8 @@ import numpy as np
 import torch
 
 from .. import config as C
-from .common import (check_image_path, check_sampling, config_args, data_overrides, nonnegative_int, parse_range, positive_int,
-                     sampling_args, set_overrides)
+from .common import (check_image_path, check_sampling, config_args, data_overrides, nonnegative_int,
+                     parse_range, positive_int, sampling_args, set_overrides)
 
 
 def cmd_sample(args) -> None:

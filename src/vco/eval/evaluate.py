@@ -152,12 +152,7 @@ def sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, 
         ax2.set_ylabel("precision / recall")
         ax2.legend(loc="upper right")
     ax.legend(loc="upper left")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    plot = out_dir / f"{stem}.png"
-    fig.savefig(plot)
-    plt.close(fig)
-    return table, plot
+    return table, _save_plot(fig, ax, out_dir / f"{stem}.png")
 
 
 def ema_sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Path, Path]:
@@ -184,9 +179,13 @@ def ema_sweep_outputs(results: list[dict], out_dir: Path, stem: str) -> tuple[Pa
     ax.set_xlabel("post-hoc EMA width sigma_rel")
     ax.set_ylabel("FID")
     ax.legend()
+    return table, _save_plot(fig, ax, out_dir / f"{stem}.png")
+
+
+def _save_plot(fig, ax, path: Path) -> Path:
+    import matplotlib.pyplot as plt
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    plot = out_dir / f"{stem}.png"
-    fig.savefig(plot)
+    fig.savefig(path)
     plt.close(fig)
-    return table, plot
+    return path

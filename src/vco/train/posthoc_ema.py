@@ -32,6 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .checkpoint import CheckpointError, atomic_write
+from .ema import ParameterAverage
 
 SNAPSHOT_DIR = "posthoc_ema"
 _SNAPSHOT = re.compile(r"snapshot-(\d+)\.safetensors")
@@ -81,39 +82,21 @@ def residual_norm(times, gammas, coefficients, t_target: float, gamma_target: fl
     return float(math.sqrt(max(own - 2 * c @ rhs + c @ gram @ c, 0.0)))
 
 
-class PowerEMA:
-    """The power-function EMA of ``gamma`` over every trainable parameter (in fp32, or the
-    parameter's own dtype if wider). ``update(model, k)`` is update k = 1, 2, ...: the weights
-    after optimizer step k."""
+class PowerEMA(ParameterAverage):
+    """The power-function EMA of relative width ``sigma_rel`` over every trainable parameter.
+    ``update(model, k)`` is update k = 1, 2, ...: the weights after optimizer step k."""
 
     def __init__(self, model: nn.Module, sigma_rel: float):
+        super().__init__(model)
         self.sigma_rel, self.gamma = sigma_rel, sigma_rel_to_gamma(sigma_rel)
-        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
-        params = dict(model.named_parameters())
-        self.shadow = {n: params[n].detach().clone().to(torch.promote_types(params[n].dtype, torch.float32))
-                       for n in self.names}
 
     def beta(self, k: int) -> float:
         return (1.0 - 1.0 / k) ** (self.gamma + 1)
 
-    @torch.no_grad()
     def update(self, model: nn.Module, k: int) -> None:
         if k < 1:
             raise ValueError(f"power-EMA updates count from 1, got {k}")
-        params = dict(model.named_parameters())
-        torch._foreach_lerp_([self.shadow[n] for n in self.names],
-                             [params[n].detach().to(self.shadow[n].dtype) for n in self.names],
-                             1.0 - self.beta(k))
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = sorted(set(self.names) - set(state))
-        if missing:
-            raise KeyError(f"power-EMA state lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        for n in self.names:
-            self.shadow[n].copy_(state[n])
+        self._lerp(model, 1.0 - self.beta(k))
 
 
 def width_key(sigma_rel: float) -> str:
