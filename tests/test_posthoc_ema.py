@@ -185,3 +185,5 @@ def test_eval_ema_sweep_scores_every_width_and_scale(tmp_path, capsys):
     table = (run / "eval" / "ema_sweep_n10_s1.md").read_text()
     assert "| 0.05 |" in table and "FID (w = 2)" in table
     assert (run / "eval" / "ema_sweep_n10_s1.png").is_file()
+    assert (run / "eval" / "samples_sigma_rel0.05_cfg2.png").is_file()        # a grid per width and w
+    assert (run / "eval" / "samples_sigma_rel0.1_cfg1.png").is_file()

@@ -114,8 +114,13 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
         k = cfg.model.num_classes
         pick = torch.cat([torch.nonzero(labels[share] == c).flatten()[:8] for c in range(k)])
         save_grid(images[pick], labels[share][pick], meta.get("class_names", []),
-                  out_dir / f"samples_cfg{settings.cfg:g}.png")
+                  out_dir / f"samples{_weights_tag(settings.weights)}_cfg{settings.cfg:g}.png")
     return result
+
+
+def _weights_tag(weights: str) -> str:
+    """'' for a run's own weights; '_sigma_rel0.08' for a post-hoc EMA width of a sweep."""
+    return f"_sigma_rel{weights.split(':', 1)[1]}" if weights.startswith("posthoc_ema:") else ""
 
 
 def write_json(path: Path, obj) -> Path:
