@@ -79,8 +79,12 @@ def test_power_ema_tracks_the_closed_form_average():
 def test_reconstruction_at_a_stored_width_and_step_is_that_snapshot(tmp_path):
     thetas = trajectory(600)
     snaps, _ = track(thetas, [0.05, 0.10], every=50)
+    model = Weights(64)
+    emas = [PowerEMA(model, sr) for sr in (0.05, 0.10)]
     for step, by_width in snaps.items():
-        save_snapshot(tmp_path, step, [(sr, sigma_rel_to_gamma(sr), {"w": v}) for sr, v in by_width.items()])
+        for e in emas:
+            e.shadow["w"] = by_width[e.sigma_rel]
+        save_snapshot(tmp_path, step, emas)
     for sr in (0.05, 0.10):
         weights, info = reconstruct(tmp_path, [sr])
         assert info["step"] == 600 and info["widths"][f"{sr:g}"]["residual_norm"] < 1e-6

@@ -55,10 +55,12 @@ def cmd_train(args) -> None:
     elif args.resume:
         print(f"resuming {out} at step {trainer.step} -> {cfg.train.steps}")
     if trainer.power_emas and trainer.world.is_main:
+        from ..train.posthoc_ema import storage_bytes
         tc = trainer.cfg.train
         print(f"post-hoc EMA: widths {', '.join(f'{w:g}' for w in tc.posthoc_ema_widths)} saved every "
               f"{tc.posthoc_ema_every} steps to {out / 'posthoc_ema'}: "
-              f"{trainer.posthoc_storage_bytes() / 2**30:.2f} GiB over {tc.steps} steps")
+              f"{storage_bytes(trainer.power_emas, tc.posthoc_ema_every, tc.steps) / 2**30:.2f} GiB over "
+              f"{tc.steps} steps")
     summary = trainer.train(progress=not args.quiet)
     if trainer.world.is_main:
         print(f"trained {summary['steps']} steps in {summary['seconds']:.0f}s on {trainer.world.size} "

@@ -35,7 +35,7 @@ from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, 
 from .ema import EMA
 from .metrics import MetricsLog
 from .objective import build_objective
-from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot, storage_bytes
+from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot
 
 log = logging.getLogger("vco.train")
 CONFIG_HISTORY = "config_history"      # a resumed run's earlier config.yaml files, by last step
@@ -342,8 +342,9 @@ class Trainer:
                     f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient "
                     f"(last at step {self.step}); stopped. The last good checkpoint in "
                     f"{self.run_dir} is intact: lower the lr or check the data, then --resume")
+            # post-hoc EMA snapshots (a resumed run rewrites a crashed one's later ones identically)
             if self.power_emas and self.step % tc.posthoc_ema_every == 0:
-                self.save_power_snapshot()
+                save_snapshot(self.run_dir, self.step, self.power_emas, distributed.full_tensor, self.world.is_main)
             if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
                 self.save()                        # never checkpoint in the middle of a bad streak
             if self.out_of_time(t0, step_s):
@@ -354,21 +355,6 @@ class Trainer:
         metrics.close()
         return {"steps": self.step - start, "final_step": self.step, "seconds": time.time() - t0,
                 "stopped_by_time_limit": stopped_early, "last_loss": last_loss}
-
-    def save_power_snapshot(self) -> None:
-        """The power EMAs at this step (a resumed run rewrites a later snapshot of a crashed one
-        with the same values: the snapshot sequence equals an uninterrupted run's)."""
-        # FSDP: every rank takes part in gathering the shards
-        full = [{k: distributed.full_tensor(v) for k, v in e.shadow.items()} for e in self.power_emas]
-        if self.world.is_main:
-            save_snapshot(self.run_dir, self.step,
-                          [(e.sigma_rel, e.gamma, f) for e, f in zip(self.power_emas, full)])
-
-    def posthoc_storage_bytes(self) -> int:
-        """Disk the post-hoc EMA snapshots of this run take (0 without post-hoc EMA)."""
-        tc = self.cfg.train
-        n = sum(p.numel() for p in self.power_emas[0].shadow.values()) if self.power_emas else 0
-        return storage_bytes(n, len(self.power_emas), tc.posthoc_ema_every, tc.steps)
 
     def _prepare_run_dir(self) -> None:
         try:
