@@ -17,29 +17,20 @@ from pathlib import Path
 import torch
 
 from vco.config import build_config, to_dict
-from vco.diffusion.flow import noise_batch
 from vco.eval.evaluate import write_json
 from vco.losses import StepTensors
 from vco.train import Trainer
-from vco.train.objective import dropped_last
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def step_tensors(trainer: Trainer, micro: int = 0) -> StepTensors:
-    """One micro-batch of the trainer's current step, as Objective.forward builds it."""
-    obj = trainer.objective
+    """One micro-batch of the trainer's current step, as its objective sees it."""
     images, labels = next(iter(trainer.loader(trainer.step, trainer.step + 1)))
     rng = trainer.streams(micro)
     x, y, flipped = trainer.batch(images, labels, rng)
     f = None if trainer.semantic is None else trainer.semantic.targets(x, trainer.indices(micro), flipped)
-    drops = obj.model.unconditional.draw(x.shape[0], obj.diffusion, rng)
-    noised = noise_batch(x, y, f, drops, obj.diffusion, obj.num_classes, rng, obj.semantic_time)
-    if f is not None and bool(drops.semantic.any()):
-        x, y, f, noised = dropped_last(x, y, f, noised)
-    x_pred, f_pred, hidden = obj.denoise(noised)
-    return StepTensors(x=x, y=y, t=noised.t, z=noised.z, x_pred=x_pred, f=f, t_f=noised.t_f, z_f=noised.z_f,
-                       f_pred=f_pred, f_kept=~noised.drops.semantic, hidden=hidden)
+    return trainer.objective.step_tensors(x, y, f, rng)
 
 
 def term_gradients(trainer: Trainer) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:

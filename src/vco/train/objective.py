@@ -38,18 +38,21 @@ class Objective(nn.Module):
         self.tap_block = taps.pop() if taps else None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng) -> dict:
+        step = self.step_tensors(x, y, f, rng)
+        values = {slot: term(**step.select(term.inputs, slot)) for slot, term in self.terms.items()}
+        loss = sum(term.weight * values[slot] for slot, term in self.terms.items())
+        return {"loss": loss, **{slot: v.detach() for slot, v in values.items()}}
+
+    def step_tensors(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng) -> StepTensors:
+        """Noising and CFG drops, then the model: every tensor the loss terms may read."""
         rng = as_stream(rng, x.device)            # a torch.Generator (tests) or the sample streams
         drops = self.model.unconditional.draw(x.shape[0], self.diffusion, rng)
         noised = noise_batch(x, y, f, drops, self.diffusion, self.num_classes, rng, self.semantic_time)
         if f is not None and bool(drops.semantic.any()):
             x, y, f, noised = dropped_last(x, y, f, noised)
         x_pred, f_pred, hidden = self.denoise(noised)
-        step = StepTensors(x=x, y=y, t=noised.t, z=noised.z, x_pred=x_pred, f=f, t_f=noised.t_f,
-                           z_f=noised.z_f, f_pred=f_pred, f_kept=~noised.drops.semantic,
-                           hidden=hidden)
-        values = {slot: term(**step.select(term.inputs, slot)) for slot, term in self.terms.items()}
-        loss = sum(term.weight * values[slot] for slot, term in self.terms.items())
-        return {"loss": loss, **{slot: v.detach() for slot, v in values.items()}}
+        return StepTensors(x=x, y=y, t=noised.t, z=noised.z, x_pred=x_pred, f=f, t_f=noised.t_f,
+                           z_f=noised.z_f, f_pred=f_pred, f_kept=~noised.drops.semantic, hidden=hidden)
 
     def denoise(self, noised: Noised):
         """The model on the noised batch -> (x_pred, f_pred or None, tapped hidden tokens or None)."""
