@@ -104,7 +104,7 @@ def optional_metrics(args, ref, device):
 def cmd_eval(args) -> None:
     from ..device import resolve_device
     from ..eval import InceptionFeatures, load_reference
-    from ..eval.evaluate import EvalSettings, ema_sweep_outputs, evaluate, sweep_outputs, write_json
+    from ..eval.evaluate import EvalSettings, evaluate
     from ..train.distributed import launched, process_rank
     from ..train import load_run_model
     device = resolve_device(args.device)
@@ -138,8 +138,8 @@ def cmd_eval(args) -> None:
             settings = EvalSettings(num=args.num, cfg=w, cfg_semantic=args.cfg_semantic,
                                     steps=args.steps or cfg.sampler.steps,
                                     method=args.method or cfg.sampler.method, seed=args.seed,
-                                    batch_size=args.batch_size,
-                                    weights=args.weights if width is None else f"posthoc_ema:{width:g}")
+                                    batch_size=args.batch_size, sigma_rel=width,
+                                    weights=args.weights if width is None else "posthoc_ema")
             r = evaluate(model, cfg, meta, settings, ref, device, inception, out_dir, classifier, dinov2)
             if process_rank()[0] != 0:
                 continue
@@ -150,17 +150,22 @@ def cmd_eval(args) -> None:
             ema = "" if width is None else f"sigma_rel={width:g} "
             print(f"{ema}cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra}"
                   + "".join(f" {k}={r[k]:.4f}" for k in ("fd_dinov2", "inception_score") if r.get(k) is not None))
-    if process_rank()[0] != 0:
-        return
-    tag = f"n{args.num}_s{results[0]['settings']['steps']}"
+    if process_rank()[0] == 0:
+        write_outputs(results, out_dir, f"n{args.num}_s{results[0]['settings']['steps']}",
+                      ema_sweep=bool(args.ema_sweep))
+
+
+def write_outputs(results: list[dict], out_dir: Path, tag: str, ema_sweep: bool) -> None:
+    """One evaluation's JSON, or a sweep's JSON, table and plot; the last line fid=<best>."""
+    from ..eval.evaluate import ema_sweep_outputs, sweep_outputs, write_json
     best = min(results, key=lambda r: r["fid"])
-    if args.ema_sweep:
+    if ema_sweep:
         path = write_json(out_dir / f"ema_sweep_{tag}.json", results)
         table, plot = ema_sweep_outputs(results, out_dir, f"ema_sweep_{tag}")
         print(f"EMA sweep -> {path}, {table}, {plot}; best sigma_rel={best['posthoc_ema']['sigma_rel']:g} "
               f"w={best['settings']['cfg']:g}")
     elif len(results) == 1:
-        path = write_json(out_dir / f"eval_{tag}_cfg{ws[0]:g}.json", results[0])
+        path = write_json(out_dir / f"eval_{tag}_cfg{results[0]['settings']['cfg']:g}.json", results[0])
         print(f"results -> {path}")
     else:
         path = write_json(out_dir / f"sweep_{tag}.json", results)

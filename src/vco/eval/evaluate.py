@@ -69,6 +69,7 @@ class EvalSettings:
     batch_size: int = 64
     weights: str = "ema1"
     cfg_semantic: float | None = None     # the semantic stream's w (None: the same as cfg)
+    sigma_rel: float | None = None        # a post-hoc EMA width the weights were rebuilt at
 
 
 def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats, device,
@@ -114,13 +115,9 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
         k = cfg.model.num_classes
         pick = torch.cat([torch.nonzero(labels[share] == c).flatten()[:8] for c in range(k)])
         save_grid(images[pick], labels[share][pick], meta.get("class_names", []),
-                  out_dir / f"samples{_weights_tag(settings.weights)}_cfg{settings.cfg:g}.png")
+                  out_dir / f"samples{'' if settings.sigma_rel is None else f'_sigma_rel{settings.sigma_rel:g}'}"
+                            f"_cfg{settings.cfg:g}.png")
     return result
-
-
-def _weights_tag(weights: str) -> str:
-    """'' for a run's own weights; '_sigma_rel0.08' for a post-hoc EMA width of a sweep."""
-    return f"_sigma_rel{weights.split(':', 1)[1]}" if weights.startswith("posthoc_ema:") else ""
 
 
 def write_json(path: Path, obj) -> Path:
