@@ -1,7 +1,14 @@
 import os
 
-import pytest
-import torch
+# Nothing in the suite touches the network: the Hub library reads only its cache (tests build one
+# by hand), W&B logs to local files. Set before any test module imports huggingface_hub or wandb.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Denormal floats make CPU kernels crawl; tiny random models produce them.
 torch.set_flush_denormal(True)

@@ -655,6 +655,33 @@ def test_convert_official_then_sample_through_the_cli(converted_run, tiny_vco, t
     assert "already exists" in capsys.readouterr().err
 
 
+def test_convert_official_from_the_hub_cache_offline(converted_run, tmp_path, monkeypatch, capsys):
+    """hf://OWNER/REPO/PATH (and --stats hf://...) read from a Hub cache built in the library's
+    layout, offline: the same run as converting the local files."""
+    import huggingface_hub.constants
+    from helpers import hub_cache
+    from vco.train.checkpoint import load_tensors
+    pth, run = converted_run
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    hub_cache(cache, "hanlincs/V-Co", {"tiny/checkpoint-last.pth": pth}, revision="v1")
+    hub_cache(cache, "nyu-visionx/RAE-collections", {"stats/stat.safetensors": pth.parent / "stats.safetensors"})
+    out = tmp_path / "from-hub"
+    assert main(["convert-official", "hf://hanlincs/V-Co/tiny/checkpoint-last.pth", "--revision", "v1",
+                 "--stats", "hf://nyu-visionx/RAE-collections/stats/stat.safetensors", "--out", str(out),
+                 *TINY_SET]) == 0
+    assert "next: vco sample --run" in capsys.readouterr().out
+    ours, local = load_tensors(out), load_tensors(run)
+    assert ours.keys() == local.keys() and all(torch.equal(ours[k], local[k]) for k in local)
+    # not in the cache: the error names the file to fetch and the folder it belongs in
+    assert main(["convert-official", "hf://hanlincs/V-Co/B16/checkpoint-last.pth", "--out",
+                 str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "hf download hanlincs/V-Co B16/checkpoint-last.pth --revision main" in err
+    assert str(cache) in err and not (tmp_path / "x").exists()
+
+
 def test_clear_errors(tmp_path, capsys):
     good = tmp_path / "good.pth"
     torch.save(tiny_official("jit"), good)

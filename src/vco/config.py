@@ -131,6 +131,11 @@ class TrainConfig:
     precision: str = "auto"           # auto | bf16 | fp32 (auto: bf16 where the hardware has it)
     seed: int = 0
     log_every: int = 10
+    # where metrics go besides metrics.jsonl: tensorboard (RUN/tb) and/or wandb (vco.train.loggers)
+    loggers: tuple[str, ...] = ("tensorboard",)
+    wandb_project: str = "vco"
+    wandb_entity: str = ""            # a W&B team; "" = your default entity
+    wandb_name: str = ""              # the W&B run name; "" = the run folder's name
     ckpt_every: int = 500
     time_limit_min: float = 0.0       # stop (and checkpoint) after this many minutes; 0 = none
     max_bad_steps: int = 20           # stop after this many consecutive non-finite steps

@@ -17,8 +17,9 @@ def cmd_sample(args) -> None:
     from ..train import load_run_model
     from ..device import resolve_device
     check_image_path(args.out)
+    from ..hub import resolve_run
     device = resolve_device(args.device)
-    model, cfg, meta = load_run_model(args.run, args.weights, device)
+    model, cfg, meta = load_run_model(resolve_run(args.run, args.revision), args.weights, device)
     for key, value in (("cfg", args.cfg), ("cfg_semantic", args.cfg_semantic), ("steps", args.steps),
                        ("method", args.method)):
         if value is not None:
@@ -151,17 +152,24 @@ def cmd_eval(args) -> None:
             print(f"{ema}cfg={w:g} num={args.num} steps={settings.steps}: fid={r['fid']:.4f}{extra}"
                   + "".join(f" {k}={r[k]:.4f}" for k in ("fd_dinov2", "inception_score") if r.get(k) is not None))
     if process_rank()[0] == 0:
-        write_outputs(results, out_dir, f"n{args.num}_s{results[0]['settings']['steps']}",
-                      ema_sweep=bool(args.ema_sweep))
+        best, plots = write_outputs(results, out_dir, f"n{args.num}_s{results[0]['settings']['steps']}",
+                                    ema_sweep=bool(args.ema_sweep))
+        # the best result, its grid and the sweep's plot, to the run's TensorBoard / W&B
+        from ..eval.evaluate import grid_path
+        from ..train.loggers import log_evaluation
+        log_evaluation(Path(args.run), cfg, int(meta.get("step", 0)), best,
+                       [grid_path(out_dir, EvalSettings(**best["settings"])), *plots])
 
 
-def write_outputs(results: list[dict], out_dir: Path, tag: str, ema_sweep: bool) -> None:
-    """One evaluation's JSON, or a sweep's JSON, table and plot; the last line fid=<best>."""
+def write_outputs(results: list[dict], out_dir: Path, tag: str, ema_sweep: bool) -> tuple[dict, list[Path]]:
+    """One evaluation's JSON, or a sweep's JSON, table and plot; the last line fid=<best>.
+    Returns the best result and the plots written."""
     from ..eval.evaluate import ema_sweep_outputs, sweep_outputs, write_json
-    best = min(results, key=lambda r: r["fid"])
+    best, plots = min(results, key=lambda r: r["fid"]), []
     if ema_sweep:
         path = write_json(out_dir / f"ema_sweep_{tag}.json", results)
         table, plot = ema_sweep_outputs(results, out_dir, f"ema_sweep_{tag}")
+        plots.append(plot)
         print(f"EMA sweep -> {path}, {table}, {plot}; best sigma_rel={best['posthoc_ema']['sigma_rel']:g} "
               f"w={best['settings']['cfg']:g}")
     elif len(results) == 1:
@@ -170,13 +178,17 @@ def write_outputs(results: list[dict], out_dir: Path, tag: str, ema_sweep: bool)
     else:
         path = write_json(out_dir / f"sweep_{tag}.json", results)
         table, plot = sweep_outputs(results, out_dir, f"sweep_{tag}")
+        plots.append(plot)
         print(f"sweep -> {path}, {table}, {plot}; best w={best['settings']['cfg']:g}")
     print(f"fid={best['fid']:.4f}")
+    return best, plots
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("sample", help="sample a class-labelled grid PNG from a run")
-    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--run", required=True, help="run folder, or an exported run on the Hugging Face Hub: "
+                   "hf://OWNER/REPO (see `vco export`)")
+    p.add_argument("--revision", help="hf:// run: a branch, tag or commit (default main)")
     p.add_argument("--num", type=positive_int, default=64)
     sampling_args(p)
     p.add_argument("--out", default="samples.png")

@@ -14,7 +14,8 @@ def cmd_train(args) -> None:
     from ..train import Trainer
     from ..train.init_from import apply_init_from, is_unstarted_conversion, prepare_init_from, source_config
     extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
-    init_source = args.init_from
+    from ..hub import resolve_run
+    init_source = resolve_run(args.init_from) if args.init_from else None    # hf:// -> cached folder
     if args.resume:
         run = Path(args.resume)
         if not (run / "config.yaml").is_file():
@@ -101,7 +102,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--resume", help="continue the run in this folder up to --steps")
     p.add_argument("--init-from", dest="init_from", metavar="RUN",
                    help="start from this run's weights (ema1, else model) with a fresh optimizer; "
-                        "its config is used unless --preset/--config is given")
+                        "its config is used unless --preset/--config is given; a folder or hf://OWNER/REPO")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 

@@ -114,10 +114,14 @@ def evaluate(model, cfg, meta: dict, settings: EvalSettings, ref: ReferenceStats
     if out_dir is not None and share.start == 0:
         k = cfg.model.num_classes
         pick = torch.cat([torch.nonzero(labels[share] == c).flatten()[:8] for c in range(k)])
-        save_grid(images[pick], labels[share][pick], meta.get("class_names", []),
-                  out_dir / f"samples{'' if settings.sigma_rel is None else f'_sigma_rel{settings.sigma_rel:g}'}"
-                            f"_cfg{settings.cfg:g}.png")
+        save_grid(images[pick], labels[share][pick], meta.get("class_names", []), grid_path(out_dir, settings))
     return result
+
+
+def grid_path(out_dir: Path, settings: EvalSettings) -> Path:
+    """Where an evaluation's sample grid (8 per class) goes."""
+    width = "" if settings.sigma_rel is None else f"_sigma_rel{settings.sigma_rel:g}"
+    return Path(out_dir) / f"samples{width}_cfg{settings.cfg:g}.png"
 
 
 def write_json(path: Path, obj) -> Path:

@@ -12,10 +12,11 @@ def load_run_model(run: str | Path, weights: str = "ema1", device="cpu"):
     """(model in eval mode, config, meta) of a run folder, with the chosen weights
     ('ema1' for sampling, 'ema2', or 'model' for the raw weights)."""
     meta = read_meta(run)
-    held = meta.get("weights")               # a post-hoc EMA reconstruction holds ema1 only
+    held = meta.get("weights")               # a post-hoc EMA reconstruction or an export: some only
     if held is not None and weights not in held:
-        raise CheckpointError(f"{run} holds only the {', '.join(held)} weights (a post-hoc EMA "
-                              f"reconstruction of {meta.get('posthoc_ema', {}).get('source', 'a run')}); "
+        what = (f"a post-hoc EMA reconstruction of {meta['posthoc_ema'].get('source', 'a run')}"
+                if "posthoc_ema" in meta else f"exported from {meta.get('exported_from', 'a run')}")
+        raise CheckpointError(f"{run} holds only the {', '.join(held)} weights ({what}); "
                               f"use --weights {held[0]}")
     cfg = from_dict(meta["config"])
     model = build_model(cfg.model, device)

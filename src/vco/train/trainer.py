@@ -33,6 +33,7 @@ from . import distributed
 from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, load_weights,
                          optimizer_tensors, read_meta, save_checkpoint, state_mismatch)
 from .ema import EMA
+from .loggers import check_loggers
 from .metrics import MetricsLog
 from .objective import build_objective
 from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot
@@ -60,6 +61,8 @@ class Trainer:
         self.cfg, self.run_dir = resolve_config(cfg), Path(run_dir)
         tc = self.cfg.train
         self.world, self.device = distributed.setup(resolve_device(tc.device))
+        if self.world.is_main:
+            check_loggers(tc.loggers)              # a missing package stops before any work
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
@@ -95,6 +98,7 @@ class Trainer:
         self.forward = self._wrapped_objective()
         self.step = 0
         self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
+        self.grad_norm = float("nan")
         if resume:
             self.load()
 
@@ -295,6 +299,7 @@ class Trainer:
         (weights, EMAs and optimizer state stay as they were) instead of poisoning the run."""
         grad_norm = distributed.full_tensor(
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf")))
+        self.grad_norm = float(grad_norm)          # logged: the total L2 norm before the update
         if loss_finite and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
             for ema in self.emas:
@@ -317,7 +322,7 @@ class Trainer:
         main = self.world.is_main                  # rank 0 alone writes files and logs
         if main:
             self._prepare_run_dir()
-        metrics = MetricsLog(self.run_dir, enabled=main)
+        metrics = MetricsLog(self.run_dir, self.cfg, enabled=main)
         start, t0, window = self.step, time.time(), time.time()
         last_loss = float("nan")
         it = iter(self.loader(self.step, tc.steps))
@@ -336,6 +341,7 @@ class Trainer:
                 metrics.write(self.step, {"skipped_steps": self.skipped,
                                           **{k: round(v, 6) for k, v in terms.items()},
                                           "lr": self.optimizer.param_groups[0]["lr"],
+                                          "grad_norm": round(self.grad_norm, 6),
                                           "img_per_s": round(rate, 2), "elapsed_s": round(now - t0, 2)})
             if self.bad_in_row >= tc.max_bad_steps:
                 raise FloatingPointError(
