@@ -97,6 +97,14 @@ def test_eval_commands_end_to_end(tmp_path, capsys):
     assert record["settings"]["cfg"] == 1.5 and record["settings"]["num"] == 10
     assert 0 <= record["precision"] <= 1 and record["fid"] > 0
     assert (run / "eval" / "samples_cfg1.5.png").is_file()
+    # ... and to the run's TensorBoard, at the checkpoint's step, with its sample grid
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = [EventAccumulator(str(p)) for p in sorted((run / "tb").glob("events.*"))]
+    for acc in events:
+        acc.Reload()
+    fid = [(e.step, e.value) for acc in events if "eval/fid" in acc.Tags()["scalars"] for e in acc.Scalars("eval/fid")]
+    assert fid == [(2, pytest.approx(record["fid"], rel=1e-6))]
+    assert any("eval/samples_cfg1.5" in acc.Tags()["images"] for acc in events)
     assert main(["eval", "fid", str(ref), str(ref)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("fid=") and abs(float(last[4:])) < 1e-3
