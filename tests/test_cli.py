@@ -12,6 +12,16 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", "vco.cli", *args], capture_output=True, text=True)
 
 
+def test_version_is_the_installed_package_version():
+    import re
+    from importlib.metadata import version
+    from pathlib import Path
+    r = run("--version")
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    declared = re.search(r'^version = "([^"]+)"', pyproject, re.M).group(1)
+    assert r.returncode == 0 and r.stdout.strip() == f"vco {version('vco')}" == f"vco {declared}"
+
+
 def test_info_prints_param_count_last():
     r = run("info", "--preset", "jit-b16")
     assert r.returncode == 0, r.stderr
