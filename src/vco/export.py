@@ -28,7 +28,8 @@ from . import __version__
 from .config import from_dict, to_dict, to_yaml
 from .files import atomic_write_text
 from .semantic.stream import STATS_NAME
-from .train.checkpoint import CKPT_NAME, CheckpointError, load_tensors, read_meta, save_checkpoint
+from .train.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_sections, load_tensors, read_meta,
+                               save_checkpoint)
 
 SECTIONS = ("ema1", "ema2", "model")
 # the Hub dataset ids of the datasets vco knows by name (a folder of images has none)
@@ -93,18 +94,16 @@ def _weights(run: Path, weights: list[str]) -> tuple[dict, list[str]]:
     """The exported tensors: each chosen section, and the model's buffers (the ``model/`` entries
     no EMA holds) when the raw weights are left out."""
     model = load_tensors(run, "model")
-    out, held = {}, []
-    for section in weights:
-        part = model if section == "model" else load_tensors(run, section)
-        if not part:
-            raise CheckpointError(f"{run} holds no '{section}' weights: choose --weights from "
-                                  f"{', '.join(s for s in SECTIONS if s == 'model' and model or load_tensors(run, s))}")
-        out.update({f"{section}/{k}": v for k, v in part.items()})
-        held.append(section)
-    if "model" not in held:
+    parts = {s: model if s == "model" else load_tensors(run, s) for s in weights}
+    missing = [s for s, part in parts.items() if not part]
+    if missing:
+        raise CheckpointError(f"{run} holds no '{missing[0]}' weights: choose --weights from the sections "
+                              f"it has ({', '.join(checkpoint_sections(run))})")
+    out = {f"{s}/{k}": v for s, part in parts.items() for k, v in part.items()}
+    if "model" not in parts:
         covered = {k.split("/", 1)[1] for k in out}
         out.update({f"model/{k}": v for k, v in model.items() if k not in covered})
-    return out, held
+    return out, list(parts)
 
 
 def _semantic_stats(run: Path, cfg, notes: list[str]) -> Path | None:

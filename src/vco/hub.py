@@ -50,22 +50,24 @@ def parse_source(text: str, revision: str | None = None) -> HubSource:
     return HubSource(f"{parts[0]}/{name}", "/".join(parts[2:]), at or revision)
 
 
-def _hub():
+def library():
+    """The huggingface_hub package, or a HubError that says how to install it."""
     try:
         import huggingface_hub
         import huggingface_hub.constants  # noqa: F401  (submodules the package loads lazily)
         import huggingface_hub.errors  # noqa: F401
     except ImportError:
-        raise HubError("hf:// sources need the huggingface_hub package: pip install 'vco[hub]'") from None
+        raise HubError("hf:// sources and --push need the huggingface_hub package: "
+                       "pip install 'vco[hub]'") from None
     return huggingface_hub
 
 
 def cache_dir() -> Path:
-    return Path(_hub().constants.HF_HUB_CACHE)
+    return Path(library().constants.HF_HUB_CACHE)
 
 
 def offline() -> bool:
-    hub = _hub()
+    hub = library()
     is_offline = getattr(hub.constants, "is_offline_mode", None)
     return bool(is_offline() if is_offline else hub.constants.HF_HUB_OFFLINE)
 
@@ -87,7 +89,7 @@ def _not_available(source: HubSource, reason: str, files: list[str]) -> HubError
 
 def _translate(e: Exception, source: HubSource, files: list[str]) -> HubError:
     """huggingface_hub's exceptions -> one HubError saying what went wrong and what to do."""
-    errors = _hub().errors
+    errors = library().errors
     if isinstance(e, errors.LocalEntryNotFoundError) or isinstance(e, errors.OfflineModeIsEnabled):
         why = "HF_HUB_OFFLINE=1" if offline() else f"no network: {str(e).strip().splitlines()[0]}"
         return _not_available(source, why, files)
@@ -108,7 +110,7 @@ def _translate(e: Exception, source: HubSource, files: list[str]) -> HubError:
 def _listing(source: HubSource) -> str:
     """'; it holds: a, b' from the Hub (or nothing when that fails too)."""
     try:
-        files = _hub().list_repo_files(source.repo_id, revision=source.revision)
+        files = library().list_repo_files(source.repo_id, revision=source.revision)
     except Exception:
         return ""
     return f"; it holds: {', '.join(files[:20])}" + (" ..." if len(files) > 20 else "")
@@ -120,7 +122,7 @@ def fetch_file(source: str | HubSource, revision: str | None = None) -> Path:
     if not src.path:
         raise HubError(f"{src} names a repo, not a file: write {src}/PATH (the file's path as the "
                        f"repo's 'Files' tab shows it){_listing(src)}")
-    hub = _hub()
+    hub = library()
     try:
         return Path(hub.hf_hub_download(src.repo_id, src.path, revision=src.revision,
                                         local_files_only=offline(), library_name="vco"))
@@ -133,7 +135,7 @@ def fetch_run(source: str | HubSource, revision: str | None = None) -> Path:
     subfolder, downloaded into the cache (the files a run needs only)."""
     src = source if isinstance(source, HubSource) else parse_source(source, revision)
     prefix = f"{src.path}/" if src.path else ""
-    hub = _hub()
+    hub = library()
     try:
         folder = Path(hub.snapshot_download(src.repo_id, revision=src.revision, local_files_only=offline(),
                                             allow_patterns=[prefix + f for f in RUN_FILES], library_name="vco"))
@@ -165,7 +167,7 @@ def resolve_run(run: str, revision: str | None = None) -> str:
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str = "") -> str:
     """Upload an exported folder as the model repo ``repo_id`` (created if needed); its URL."""
-    hub = _hub()
+    hub = library()
     if "/" not in repo_id or repo_id.count("/") != 1:
         raise HubError(f"--push takes OWNER/REPO (e.g. your-name/vco-tiny-fmnist), got {repo_id!r}")
     if not hub.get_token():

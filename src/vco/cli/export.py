@@ -6,11 +6,9 @@ import sys
 
 def cmd_export(args) -> None:
     from ..export import SECTIONS, export_run
-    from ..hub import HubError, push_folder
-    if args.push:                           # fail before the work when the upload cannot happen
-        import importlib.util
-        if importlib.util.find_spec("huggingface_hub") is None:
-            raise HubError("--push needs the huggingface_hub package: pip install 'vco[hub]'")
+    from ..hub import library, push_folder
+    if args.push:
+        library()                           # a missing package stops before the export
     weights = [w.strip() for w in args.weights.split(",")] if args.weights != "all" else list(SECTIONS)
     e = export_run(args.run, args.out, weights, license=args.license, repo_id=args.push)
     for note in e.notes:

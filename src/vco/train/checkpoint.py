@@ -124,6 +124,12 @@ def read_meta(run: str | Path) -> dict:
     return meta
 
 
+def checkpoint_sections(run: str | Path) -> list[str]:
+    """The sections of a checkpoint (model, ema1, ema2, optim, ...), read from its header only."""
+    with safe_open(str(checkpoint_path(run)), framework="pt") as f:
+        return sorted({k.split("/", 1)[0] for k in f.keys()})
+
+
 def load_tensors(run: str | Path, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """All tensors, or those under ``prefix/`` with the prefix stripped; each is checked
     against the SHA-256 stored when it was written."""
