@@ -146,10 +146,12 @@ def test_sample_and_init_from_an_exported_run_on_the_hub(trained, tmp_path, monk
     assert (tuned / STATS_NAME).read_bytes() == (out / STATS_NAME).read_bytes()
 
 
-def test_push_without_login_says_how_and_keeps_the_exported_folder(trained, tmp_path, monkeypatch, capsys):
+def test_push_without_login_or_with_a_bad_name_stops_before_exporting(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     out = tmp_path / "share"
     assert main(["export", "--run", str(trained), "--out", str(out), "--push", "me/model"]) == 2
     err = capsys.readouterr().err
     assert "not logged in" in err and "hf auth login" in err
-    assert (out / "checkpoint.safetensors").is_file()        # the folder is complete for a later upload
+    assert main(["export", "--run", str(trained), "--out", str(out), "--push", "model"]) == 2
+    assert "--push takes OWNER/REPO" in capsys.readouterr().err
+    assert not out.exists()

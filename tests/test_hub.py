@@ -97,8 +97,9 @@ def test_push_needs_a_login(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     with pytest.raises(HubError, match="not logged in.*hf auth login"):
         hub.push_folder(tmp_path, "me/model")
-    with pytest.raises(HubError, match="--push takes OWNER/REPO"):
-        hub.push_folder(tmp_path, "model")
+    for bad in ("model", "a/b/c", "/b"):
+        with pytest.raises(HubError, match="--push takes OWNER/REPO"):
+            hub.push_folder(tmp_path, bad)
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):

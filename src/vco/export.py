@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ def export_run(run: str | Path, out: str | Path, weights: tuple[str, ...] = ("em
             "source_run": str(run.resolve()), "step": meta.get("step"), "weights": held,
             "vco_version": __version__, "exported_at": datetime.datetime.now(datetime.timezone.utc)
             .isoformat(timespec="seconds"), "checkpoint_sha256": _sha256(tmp / CKPT_NAME)}, indent=2))
+        _shareable(tmp)
         if out.exists():
             out.rmdir()                      # empty (checked above)
         tmp.rename(out)
@@ -119,6 +121,15 @@ def _semantic_stats(run: Path, cfg, notes: list[str]) -> Path | None:
         return Path(cfg.semantic.stats)
     notes.append("no semantic statistics found (sampling does not need them; a fine-tune recomputes them)")
     return None
+
+
+def _shareable(folder: Path) -> None:
+    """The permissions of ordinary new files (the umask's), not the private ones of the temporary
+    folder and atomic writes, so that the folder can be shared or served as it is."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _sha256(path: Path) -> str:
@@ -204,8 +215,8 @@ def model_card(cfg, meta: dict, weights: list[str], evaluations: list[dict], gri
     title = repo_id.split("/")[-1] if repo_id else f"{cfg.preset or 'vco'} on {d.name}"
     run_arg = f"hf://{repo_id}" if repo_id else "hf://OWNER/REPO"
     lines = ["---", yaml_header, "---", "", f"# {title}", "",
-             f"A class-conditional pixel-space diffusion transformer, {kind}, trained with "
-             f"[vco](https://pypi.org/project/vco/) {__version__}.", "",
+             f"A class-conditional pixel-space diffusion transformer, {kind}, trained with vco "
+             f"{__version__}.", "",
              "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     if grids:
         lines += ["## Samples", "", *[f"![{g}](eval/{g})" for g in grids[:2]], ""]
@@ -223,7 +234,7 @@ def model_card(cfg, meta: dict, weights: list[str], evaluations: list[dict], gri
             lines += ["", f"Rows whose checkpoint step is not {step:,} scored an earlier state of the run."]
     else:
         lines.append("No evaluation was found in the run (`vco eval --run RUN --ref REF` writes one).")
-    lines += ["", "## Use", "", "```bash", "pip install 'vco[hub]'",
+    lines += ["", "## Use", "", "With vco and its `hub` extra installed (`pip install 'vco[hub]'`):", "", "```bash",
               f"vco sample --run {run_arg} --out samples.png        # a class-labelled grid",
               f"vco train --init-from {run_arg} --out my-finetune   # fine-tune from these weights",
               "```", "", "## Files", "",

@@ -165,16 +165,23 @@ def resolve_run(run: str, revision: str | None = None) -> str:
     return run
 
 
-def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str = "") -> str:
-    """Upload an exported folder as the model repo ``repo_id`` (created if needed); its URL."""
+def check_push(repo_id: str) -> None:
+    """A HubError unless an upload to ``repo_id`` can start: the package, the name, a login."""
     hub = library()
-    if "/" not in repo_id or repo_id.count("/") != 1:
+    owner, _, name = repo_id.partition("/")
+    if not owner or not name or "/" in name:
         raise HubError(f"--push takes OWNER/REPO (e.g. your-name/vco-tiny-fmnist), got {repo_id!r}")
     if not hub.get_token():
-        raise HubError(f"not logged in to the Hugging Face Hub: run `hf auth login` (or set HF_TOKEN), "
-                       f"then push again; {folder} is complete and can also be uploaded by hand")
+        raise HubError("not logged in to the Hugging Face Hub: run `hf auth login` (or set HF_TOKEN), "
+                       "then export again with --push (or upload an exported folder with `hf upload`)")
     if offline():
-        raise HubError(f"HF_HUB_OFFLINE=1 is set: unset it to push {folder} to {repo_id}")
+        raise HubError(f"HF_HUB_OFFLINE=1 is set: unset it to push to {repo_id}")
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False, message: str = "") -> str:
+    """Upload an exported folder as the model repo ``repo_id`` (created if needed); its URL."""
+    check_push(repo_id)
+    hub = library()
     try:
         api = hub.HfApi()
         url = api.create_repo(repo_id, private=private, exist_ok=True)

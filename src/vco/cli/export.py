@@ -6,9 +6,9 @@ import sys
 
 def cmd_export(args) -> None:
     from ..export import SECTIONS, export_run
-    from ..hub import library, push_folder
+    from ..hub import check_push, push_folder
     if args.push:
-        library()                           # a missing package stops before the export
+        check_push(args.push)               # no package, a bad name or no login: stop before the work
     weights = [w.strip() for w in args.weights.split(",")] if args.weights != "all" else list(SECTIONS)
     e = export_run(args.run, args.out, weights, license=args.license, repo_id=args.push)
     for note in e.notes:

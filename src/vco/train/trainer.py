@@ -61,8 +61,7 @@ class Trainer:
         self.cfg, self.run_dir = resolve_config(cfg), Path(run_dir)
         tc = self.cfg.train
         self.world, self.device = distributed.setup(resolve_device(tc.device))
-        if self.world.is_main:
-            check_loggers(tc.loggers)              # a missing package stops before any work
+        check_loggers(tc.loggers)                  # a missing package stops before any work
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
@@ -98,7 +97,7 @@ class Trainer:
         self.forward = self._wrapped_objective()
         self.step = 0
         self.skipped, self.bad_in_row = 0, 0       # non-finite steps: in total, consecutively
-        self.grad_norm = float("nan")
+        self.grad_norm = float("nan")              # of the last step (logged)
         if resume:
             self.load()
 
@@ -299,7 +298,7 @@ class Trainer:
         (weights, EMAs and optimizer state stay as they were) instead of poisoning the run."""
         grad_norm = distributed.full_tensor(
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), float("inf")))
-        self.grad_norm = float(grad_norm)          # logged: the total L2 norm before the update
+        self.grad_norm = float(grad_norm)          # the total L2 norm before the update
         if loss_finite and bool(torch.isfinite(grad_norm)):
             self.optimizer.step()
             for ema in self.emas:
