@@ -149,20 +149,20 @@ def fetch_run(source: str | HubSource, revision: str | None = None) -> Path:
 
 def resolve_file(path: str, revision: str | None = None) -> str:
     """A local path as it is; an ``hf://`` file fetched (``revision`` only applies to the Hub)."""
-    if is_hub_source(path):
-        return str(fetch_file(path, revision))
-    if revision:
-        raise HubError(f"--revision applies to hf:// sources; {path} is a local path")
-    return path
+    return _local(path, revision, fetch_file)
 
 
 def resolve_run(run: str, revision: str | None = None) -> str:
     """A local run folder as it is; an ``hf://`` exported run fetched into the cache."""
-    if is_hub_source(run):
-        return str(fetch_run(run, revision))
+    return _local(run, revision, fetch_run)
+
+
+def _local(text: str, revision: str | None, fetch) -> str:
+    if is_hub_source(text):
+        return str(fetch(text, revision))
     if revision:
-        raise HubError(f"--revision applies to hf:// runs; {run} is a local folder")
-    return run
+        raise HubError(f"--revision applies to hf:// sources; {text} is a local path")
+    return text
 
 
 def check_push(repo_id: str) -> None:

@@ -7,10 +7,8 @@ from .common import set_overrides
 
 
 def cmd_convert_official(args) -> None:
-    from ..hub import is_hub_source, resolve_file
+    from ..hub import resolve_file
     from ..interop import convert_official
-    if args.revision and not is_hub_source(args.ckpt):
-        raise ValueError(f"--revision applies to an hf:// checkpoint; {args.ckpt} is a local path")
     ckpt = resolve_file(args.ckpt, args.revision)               # hf://... -> the cached file
     stats = resolve_file(args.stats) if args.stats else None
     r = convert_official(ckpt, args.out, stats=stats, weights=args.weights, overrides=set_overrides(args))
