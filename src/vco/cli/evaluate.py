@@ -14,10 +14,10 @@ from .common import (check_image_path, check_sampling, config_args, data_overrid
 
 def cmd_sample(args) -> None:
     from ..sampling import class_labels, generate, save_grid
-    from ..train import load_run_model
     from ..device import resolve_device
-    check_image_path(args.out)
     from ..hub import resolve_run
+    from ..train import load_run_model
+    check_image_path(args.out)
     device = resolve_device(args.device)
     model, cfg, meta = load_run_model(resolve_run(args.run, args.revision), args.weights, device)
     for key, value in (("cfg", args.cfg), ("cfg_semantic", args.cfg_semantic), ("steps", args.steps),

@@ -13,8 +13,8 @@ from .common import DATA_NAMES, config_args, data_overrides, positive_float, pos
 def cmd_train(args) -> None:
     from ..train import Trainer
     from ..train.init_from import apply_init_from, is_unstarted_conversion, prepare_init_from, source_config
-    extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     from ..hub import resolve_run
+    extra = data_overrides(args.data) + ([f"train.steps={args.steps}"] if args.steps is not None else [])
     init_source = resolve_run(args.init_from) if args.init_from else None    # hf:// -> cached folder
     if args.resume:
         run = Path(args.resume)

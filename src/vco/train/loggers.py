@@ -7,7 +7,8 @@
                   same W&B run; WANDB_MODE=offline logs to RUN/wandb/ for a later ``wandb sync``.
 
 Each logger takes scalars by step and images (PNG files) by step; evaluation results go under
-``eval/`` and are plotted against ``train_step`` (a resumed W&B run refuses steps it has passed).
+``eval/`` and are plotted against ``train_step`` (a resumed W&B run refuses steps it has passed:
+so do the few steps that a run resumed after a crash redoes since its last checkpoint).
 """
 from __future__ import annotations
 
@@ -103,14 +104,14 @@ def log_evaluation(run_dir: Path, cfg: Config, step: int, result: dict, images: 
     keys = ("fid", "precision", "recall", "kid", "fd_dinov2", "inception_score")
     values = {f"eval/{k}": float(result[k]) for k in keys if isinstance(result.get(k), (int, float))}
     values["eval/cfg"] = float(result["settings"]["cfg"])
-    try:
-        loggers = build_loggers(run_dir, cfg)
-    except ConfigError as e:
-        log.warning("evaluation not sent to the run's loggers: %s", e)
-        return
-    for logger in loggers:
-        logger.scalars(step, values)
-        for path in images:
-            if Path(path).is_file():
-                logger.image(step, f"eval/{Path(path).stem}", Path(path))
-        logger.close()
+    for name in cfg.train.loggers:
+        try:
+            check_loggers([name])
+            logger = LOGGERS[name](run_dir, cfg)
+            logger.scalars(step, values)
+            for path in images:
+                if Path(path).is_file():
+                    logger.image(step, f"eval/{Path(path).stem}", Path(path))
+            logger.close()
+        except Exception as e:  # noqa: BLE001 (a logger's own errors: W&B login, network, ...)
+            log.warning("evaluation not sent to %s: %s", name, e)
