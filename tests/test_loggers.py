@@ -69,7 +69,8 @@ def test_unknown_or_missing_logger_is_a_clear_error_before_any_work(tmp_path, mo
 
 
 def wandb_files(run: Path) -> dict[str, bytes]:
-    """The offline W&B run folders under RUN/wandb and their .wandb record files (bytes)."""
+    """The offline W&B run folders under RUN/wandb (offline-run-<time>-<id>[-n]: W&B adds -n to
+    a second folder of the same second) and their .wandb record files (bytes)."""
     return {p.parent.name: p.read_bytes() for p in sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))}
 
 
@@ -81,7 +82,7 @@ def test_wandb_offline_one_run_across_resume_and_eval(tmp_path):
     ident = json.loads((run / WANDB_RUN_FILE).read_text())
     assert ident["project"] == "vco-tests" and ident["name"] == "my-run" and ident["id"]
     first = wandb_files(run)
-    assert len(first) == 1 and next(iter(first)).endswith(ident["id"])
+    assert len(first) == 1 and f"-{ident['id']}" in next(iter(first))
     records = next(iter(first.values()))
     for key in PER_STEP:                           # each per-step value, by its logged name
         assert f"train/{key}".encode() in records, key
@@ -90,14 +91,14 @@ def test_wandb_offline_one_run_across_resume_and_eval(tmp_path):
     Trainer(cfg, run, resume=True).train(progress=False)
     assert json.loads((run / WANDB_RUN_FILE).read_text()) == ident
     segments = wandb_files(run)
-    assert len(segments) == 2 and all(name.endswith(ident["id"]) for name in segments)
+    assert len(segments) == 2 and all(f"-{ident['id']}" in name for name in segments)
     # an evaluation goes to the same run, against the training step
     from PIL import Image
     grid = tmp_path / "samples_cfg1.png"
     Image.new("RGB", (16, 16), (200, 10, 10)).save(grid)
     log_evaluation(run, cfg, 4, {"fid": 12.5, "precision": 0.5, "recall": 0.25, "settings": {"cfg": 1.0}}, [grid])
     segments = wandb_files(run)
-    assert len(segments) == 3 and all(name.endswith(ident["id"]) for name in segments)
+    assert len(segments) == 3 and all(f"-{ident['id']}" in name for name in segments)
     last = segments[sorted(segments)[-1]]
     assert all(k.encode() in last for k in ("eval/fid", "eval/precision", "eval/recall", "eval/samples_cfg1",
                                             "train_step"))
