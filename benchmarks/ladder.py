@@ -148,21 +148,23 @@ def evaluate_variant(run: Path, budget: dict, ref, inception) -> dict:
                                             seed=seed, batch_size=100)
     sweep = []
     for w in budget["sweep"]:                      # a separate seed: w is not picked on the test draw
-        sweep.append(_cached(run / f"ladder_sweep_w{w:g}.json",
+        sweep.append(cached(run / f"ladder_sweep_w{w:g}.json",
                              lambda: evaluate(model, cfg, meta, null(w, budget["sweep_num"], 1), ref, "cpu",
                                               inception)))
     best = min(sweep, key=lambda r: r["fid"])["settings"]["cfg"]
     out["sweep"] = sweep
-    out["unguided"] = _cached(run / "ladder_unguided.json",
+    out["unguided"] = cached(run / "ladder_unguided.json",
                               lambda: evaluate(model, cfg, meta, null(1.0, budget["fid_num"], 0), ref, "cpu",
                                                inception, run / "eval"))
-    out["guided"] = _cached(run / "ladder_guided.json",
+    out["guided"] = cached(run / "ladder_guided.json",
                             lambda: evaluate(model, cfg, meta, null(best, budget["fid_num"], 0), ref, "cpu",
                                              inception, run / "eval"))
     return out
 
 
-def _cached(path: Path, compute) -> dict:
+def cached(path: Path, compute) -> dict:
+    """The JSON at ``path``, or ``compute()``'s result written there (so a stopped benchmark
+    restarts where it was)."""
     if path.is_file():
         return json.loads(path.read_text())
     result = compute()

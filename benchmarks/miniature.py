@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ladder import _cached, reference, training_seconds
+from ladder import cached, reference, training_seconds
 from vco.config import build_config
 from vco.eval import InceptionFeatures, load_reference
 from vco.eval.evaluate import EvalSettings, evaluate, write_json
@@ -111,11 +111,11 @@ def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int)
 
 
 def guided_eval(run: Path, ref, inception) -> dict:
-    sweep = [_cached(run / f"sweep_w{w:g}.json", lambda w=w: score(
+    sweep = [cached(run / f"sweep_w{w:g}.json", lambda w=w: score(
         run, EvalSettings(num=SWEEP_NUM, cfg=w, steps=SAMPLE_STEPS, method="heun", seed=1, batch_size=100),
         ref, inception)) for w in SWEEP]
     best = min(sweep, key=lambda r: r["fid"])["settings"]["cfg"]
-    final = _cached(run / "guided.json", lambda: score(
+    final = cached(run / "guided.json", lambda: score(
         run, EvalSettings(num=FID_NUM, cfg=best, steps=SAMPLE_STEPS, method="heun", batch_size=100),
         ref, inception, run / "eval_guided"))
     return {"w": best, "sweep": {f"{r['settings']['cfg']:g}": round(r["fid"], 2) for r in sweep},
