@@ -1,14 +1,15 @@
 """Trainer: overfitting, exact resume, EMA, lr schedule, checkpoint errors."""
 import json
+import math
 
 import pytest
 import torch
 
-from vco.config import build_config
+from vco.config import ConfigError, build_config
 from vco.train import CheckpointError, Trainer, load_run_model
 from vco.train.checkpoint import load_tensors, state_mismatch
 from vco.train.ema import EMA
-from vco.train.trainer import lr_at
+from vco.train.lr import lr_at
 
 
 def small_cfg(tmp_overrides=()):
@@ -78,6 +79,30 @@ def test_lr_warmup_then_constant():
     assert lr_at(3, 1.0, 4) == 1.0
     assert lr_at(1000, 1.0, 4) == 1.0
     assert lr_at(0, 1.0, 0) == 1.0
+
+
+def test_lr_decays_from_the_end_of_warmup_to_the_floor_at_the_horizon():
+    # warmup 10, horizon 110: the decay runs over steps 10..110 (p = (step - 10) / 100)
+    for step, p in ((10, 0.0), (35, 0.25), (60, 0.5), (110, 1.0), (500, 1.0)):
+        assert lr_at(step, 2.0, 10, "cosine", 110) == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * p)))
+        assert lr_at(step, 2.0, 10, "linear", 110, 0.1) == pytest.approx(2.0 * (0.1 + 0.9 * (1 - p)))
+    assert lr_at(4, 2.0, 10, "cosine", 110) == pytest.approx(2.0 * 5 / 10)       # still warming up
+    assert lr_at(0, 2.0, 0, "cosine", 100) == 2.0
+    with pytest.raises(ConfigError, match="unknown schedule 'step'; choose from constant, cosine, linear"):
+        lr_at(0, 1.0, 0, "step")
+
+
+def test_trainer_follows_the_schedule_and_stops_on_a_bad_one(tmp_path):
+    cfg = small_cfg(["train.steps=6", "warmup_steps=2", "lr_schedule=linear", "lr_final_ratio=0.5",
+                     "log_every=1"])
+    trainer = Trainer(cfg, tmp_path / "r")
+    trainer.train(progress=False)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    peak = trainer.base_lr
+    # steps 0..5: warmup (1/2, 2/2), then p = (step - 2) / (6 - 2); the floor would come at step 6
+    assert lrs == pytest.approx([peak * f for f in (0.5, 1.0, 1.0, 0.875, 0.75, 0.625)])
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        Trainer(small_cfg(["lr_schedule=cosin"]), tmp_path / "s")
 
 
 def test_base_lr_scales_with_global_batch(tmp_path):

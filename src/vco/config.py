@@ -118,6 +118,9 @@ class TrainConfig:
     grad_accum: int = 1
     blr: float = 5e-5                 # lr = blr * global_batch / 256
     warmup_steps: int = 100
+    lr_schedule: str = "constant"     # after warmup: constant (JiT) | cosine | linear (vco.train.lr)
+    lr_decay_steps: int = 0           # where a decay ends (0: train.steps)
+    lr_final_ratio: float = 0.0       # the lr there, as a fraction of the peak
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.95)
     adamw: str = "auto"               # auto | fused | foreach | loop (auto: fused; foreach under FSDP)

@@ -51,6 +51,8 @@ RANGES: dict[str, tuple] = {
     "train.grad_accum": (1, None, True, True),
     "train.blr": (0, None, False, True),
     "train.warmup_steps": (0, None, True, True),
+    "train.lr_decay_steps": (0, None, True, True),
+    "train.lr_final_ratio": (0, 1, True, True),
     "train.weight_decay": (0, None, True, True),
     "train.betas": (0, 1, True, False),
     "train.ema_decays": (0, 1, True, False),

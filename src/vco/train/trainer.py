@@ -34,17 +34,13 @@ from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, 
                          optimizer_tensors, read_meta, save_checkpoint, state_mismatch)
 from .ema import EMA
 from .loggers import check_loggers
+from .lr import lr_at
 from .metrics import MetricsLog
 from .objective import build_objective
 from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot
 
 log = logging.getLogger("vco.train")
 CONFIG_HISTORY = "config_history"      # a resumed run's earlier config.yaml files, by last step
-
-
-def lr_at(step: int, base_lr: float, warmup: int) -> float:
-    """Linear warmup over ``warmup`` steps, then constant (JiT uses no decay)."""
-    return base_lr * min(1.0, (step + 1) / warmup) if warmup > 0 else base_lr
 
 
 def param_groups(params: dict[str, torch.nn.Parameter], weight_decay: float) -> list[dict]:
@@ -62,6 +58,7 @@ class Trainer:
         tc = self.cfg.train
         self.world, self.device = distributed.setup(resolve_device(tc.device))
         check_loggers(tc.loggers)                  # a missing package stops before any work
+        lr_at(0, 1.0, 0, tc.lr_schedule)           # so does an unknown lr schedule
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
@@ -273,8 +270,11 @@ class Trainer:
         return totals
 
     def set_lr(self) -> None:
+        tc = self.cfg.train
+        lr = lr_at(self.step, self.base_lr, tc.warmup_steps, tc.lr_schedule, tc.lr_decay_steps or tc.steps,
+                   tc.lr_final_ratio)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr_at(self.step, self.base_lr, self.cfg.train.warmup_steps)
+            group["lr"] = lr
 
     def batch(self, images: torch.Tensor, labels: torch.Tensor, rng):
         """uint8 images and labels of a micro-batch -> (x in [-1, 1], y, which were flipped)."""
