@@ -2,7 +2,10 @@
 
 The budget covers the whole job: setup, training, sampling and plots. Before training, one
 sampler evaluation is timed at the sampling batch, so the sampling time is known in advance and
-training is given what remains (the trainer stops before a step would cross its limit).
+training is given what remains (the trainer stops before a step would cross its limit). A few
+timed training steps then say how many steps that share holds, and the lr decays (cosine) to
+zero at that step: the weights sampled at the end are those of a finished schedule, whatever
+the machine's speed.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ PLOT_RESERVE_S = 5.0          # grid PNG, loss curve, reading the checkpoint bac
 SAFETY = 1.15                 # sampling timed once; keep a margin for its variation
 SAMPLING_SHARE = 0.3          # at most this share of the budget goes to sampling
 MIN_STEPS, MIN_PER_CLASS = 8, 2
+PROBE_WARMUP, PROBE_STEPS = 2, 4  # training steps that size the lr schedule (they train the run)
 
 
 @dataclass
@@ -80,10 +84,37 @@ def fit_sampling(model, cfg: C.Config, per_class: int, budget_s: float, device) 
             return per_class, predicted
 
 
+def step_seconds(trainer) -> float:
+    """Seconds per training step, measured on a few real steps after a warm-up (they train the
+    run like any other steps)."""
+    tc = trainer.cfg.train
+    target, limit = tc.steps, tc.time_limit_min
+    tc.time_limit_min = 0
+    tc.steps = trainer.step + PROBE_WARMUP
+    trainer.train(progress=False)                      # the first steps allocate: not timed
+    tc.steps = trainer.step + PROBE_STEPS
+    seconds = trainer.train(progress=False)["seconds"] / PROBE_STEPS
+    tc.steps, tc.time_limit_min = target, limit
+    return seconds
+
+
+def plan_schedule(trainer, train_s: float) -> int:
+    """Time-box the training: a decay ending at the step the remaining ``train_s`` seconds reach
+    (measured, not guessed; at most train.steps), which is also the last step; returns that step."""
+    t = time.time()
+    per_step = step_seconds(trainer)
+    tc = trainer.cfg.train
+    end = min(tc.steps, trainer.step + max(1, int((train_s - (time.time() - t)) / per_step)))
+    tc.steps = tc.lr_decay_steps = end
+    return end
+
+
 def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
-    # Small batches give more optimizer steps in minutes; blr keeps the per-step lr at 5e-4.
+    # Small batches give more optimizer steps in minutes; blr keeps the peak per-step lr at 1e-3,
+    # from which a cosine decays to 0 at the last step the budget holds (plan_schedule).
     overrides = [f"data.name={data}", f"train.batch_size={batch_size}",
-                 f"train.blr={5e-4 * 256 / batch_size}", "train.log_every=5"]
+                 f"train.blr={1e-3 * 256 / batch_size}", "train.log_every=5", "train.lr_schedule=cosine",
+                 "train.lr_final_ratio=0", "train.warmup_steps=50"]
     if C.build_config(preset).data.classes_per_batch:
         overrides.append(f"data.classes_per_batch={max(1, batch_size // 4)}")
     return overrides
@@ -118,11 +149,16 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
     if train_s < 10:
         raise C.ConfigError(f"--minutes {minutes} leaves {max(train_s, 0):.0f} s for training once setup and "
                             f"sampling ({reserve:.0f} s here) are paid: give more minutes")
-    trainer.cfg.train.time_limit_min = train_s / 60
+    started = trainer.step
+    t_train = time.time()
+    end = plan_schedule(trainer, train_s)
+    trainer.cfg.train.time_limit_min = (train_s - (time.time() - t_train)) / 60   # the safety net
     print(f"{minutes:g} min budget: {train_s / 60:.1f} min of training {cfg.preset} "
-          f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params), "
-          f"{reserve / 60:.1f} min kept for sampling {num} images at {sample_steps} Heun steps")
+          f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params) to step {end} "
+          f"(cosine lr decay to 0 there), {reserve / 60:.1f} min kept for sampling {num} images at "
+          f"{sample_steps} Heun steps")
     summary = trainer.train()
+    summary.update(steps=trainer.step - started, seconds=time.time() - t_train)
     print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
     model, run_cfg, meta = load_run_model(run, "ema1", trainer.device)
     run_cfg.sampler.steps = sample_steps

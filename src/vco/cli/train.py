@@ -73,7 +73,7 @@ def cmd_train(args) -> None:
 def cmd_demo(args) -> None:
     from ..demo import run_demo
     run_demo(args.out, args.preset, args.minutes, args.batch_size, args.per_class, args.sample_steps,
-             args.max_steps)
+             args.max_steps, extra=set_overrides(args))
 
 
 def cmd_info(args) -> None:
@@ -121,4 +121,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--per-class", type=positive_int, default=6)
     p.add_argument("--sample-steps", type=positive_int, default=25, help="Heun steps (50 in the paper)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", nargs="+",
+                   help="override a config value of the demo run, e.g. --set train.blr=0.016")
     p.set_defaults(func=cmd_demo)
