@@ -21,7 +21,7 @@ PLOT_RESERVE_S = 5.0          # grid PNG, loss curve, reading the checkpoint bac
 SAFETY = 1.15                 # sampling timed once; keep a margin for its variation
 SAMPLING_SHARE = 0.3          # at most this share of the budget goes to sampling
 MIN_STEPS, MIN_PER_CLASS = 8, 2
-PROBE_WARMUP, PROBE_STEPS = 2, 4  # training steps that size the lr schedule (they train the run)
+PROBE_STEPS = 20              # at least this many timed steps size the lr schedule (they train the run)
 
 
 @dataclass
@@ -85,17 +85,22 @@ def fit_sampling(model, cfg: C.Config, per_class: int, budget_s: float, device) 
 
 
 def step_seconds(trainer) -> float:
-    """Seconds per training step, measured on a few real steps after a warm-up (they train the
-    run like any other steps)."""
+    """Seconds per training step, measured on the run's warmup steps (whose lr does not depend on
+    where the decay ends; at least PROBE_STEPS) between their first and last log lines, so that
+    the start of training and the checkpoint at its end are left out. They train the run like
+    any other steps."""
+    import json
     tc = trainer.cfg.train
-    target, limit = tc.steps, tc.time_limit_min
+    target, limit, start = tc.steps, tc.time_limit_min, trainer.step
     tc.time_limit_min = 0
-    tc.steps = trainer.step + PROBE_WARMUP
-    trainer.train(progress=False)                      # the first steps allocate: not timed
-    tc.steps = trainer.step + PROBE_STEPS
-    seconds = trainer.train(progress=False)["seconds"] / PROBE_STEPS
+    tc.steps = start + max(PROBE_STEPS, tc.warmup_steps - start, 2 * tc.log_every + 1)
+    if start >= tc.warmup_steps:          # a continued demo: probe at the peak lr, not the old end's 0
+        tc.lr_decay_steps = 10 ** 9
+    trainer.train(progress=False)
+    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["step"] > start]
     tc.steps, tc.time_limit_min = target, limit
-    return seconds
+    return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
 
 
 def plan_schedule(trainer, train_s: float) -> int:
