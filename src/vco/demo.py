@@ -9,6 +9,7 @@ the machine's speed.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,6 @@ def step_seconds(trainer) -> float:
     where the decay ends; at least PROBE_STEPS) between their first and last log lines, so that
     the start of training and the checkpoint at its end are left out. They train the run like
     any other steps."""
-    import json
     tc = trainer.cfg.train
     target, limit, start = tc.steps, tc.time_limit_min, trainer.step
     tc.time_limit_min = 0

@@ -180,60 +180,17 @@ def model_card(cfg, meta: dict, weights: list[str], evaluations: list[dict], gri
                license: str | None = None, repo_id: str | None = None) -> str:
     """README.md of an exported run: the Hub's YAML header, what the model is, how it was trained,
     the evaluations found in the run, and how to sample it."""
-    from .models import count_params
-    m, t, d = cfg.model, cfg.train, cfg.data
+    m, d = cfg.model, cfg.data
     kind = "V-Co (visual co-denoising)" if m.co_denoising else "JiT (pixel-only)"
-    header = {"library_name": "vco",
-              "tags": ["vco", "diffusion", "pixel-diffusion", "image-generation", "class-conditional",
-                       "v-co" if m.co_denoising else "jit"],
-              "pipeline_tag": "unconditional-image-generation"}
-    if d.name in HUB_DATASETS:
-        header["datasets"] = [HUB_DATASETS[d.name]]
-    if license:
-        header["license"] = license
-    yaml_header = yaml.safe_dump(header, sort_keys=False).rstrip()
-    if not license:
-        yaml_header += "\n# license: set one before sharing (e.g. mit, apache-2.0, cc-by-nc-4.0)"
-    step = int(meta.get("step", 0))
-    decays = dict(zip(("ema1", "ema2"), meta.get("ema_decays", t.ema_decays)))
-    weight_text = ", ".join(f"{w} (EMA decay {decays[w]:g})" if w in decays else f"{w} (raw)" for w in weights)
-    data = d.name + (f" ({d.path})" if d.name == "folder" and d.path else "")
-    rows = [("preset", cfg.preset or "(custom)"), ("model", kind),
-            ("parameters", f"{count_params(m) / 1e6:.2f} M"),
-            ("image size", f"{m.image_size} px, {m.patch_size} px patches"),
-            ("classes", f"{m.num_classes}"), ("training data", data),
-            ("optimizer steps", f"{step:,}"), ("global batch", f"{meta.get('global_batch', t.batch_size)}"),
-            ("weights in this folder", weight_text),
-            ("sampler", f"{cfg.sampler.method}, {cfg.sampler.steps} steps, CFG w = {cfg.sampler.cfg:g} "
-                        f"on t in [{cfg.sampler.interval_min:g}, {cfg.sampler.interval_max:g}]")]
-    if m.co_denoising:
-        rows += [("dual stream", f"fusion {m.fusion}, unconditional branch {m.uncond}"),
-                 ("semantic encoder", cfg.semantic.encoder + (f" ({cfg.semantic.encoder_path})"
-                                                             if cfg.semantic.encoder_path else "")),
-                 ("calibration", cfg.semantic.calibration.get("name", "")),
-                 ("auxiliary loss", cfg.semantic.aux_loss.get("name", ""))]
     title = repo_id.split("/")[-1] if repo_id else f"{cfg.preset or 'vco'} on {d.name}"
     run_arg = f"hf://{repo_id}" if repo_id else "hf://OWNER/REPO"
-    lines = ["---", yaml_header, "---", "", f"# {title}", "",
+    lines = ["---", _card_header(cfg, license), "---", "", f"# {title}", "",
              f"A class-conditional pixel-space diffusion transformer, {kind}, trained with vco "
              f"{__version__}.", "",
-             "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
+             "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in _card_rows(cfg, meta, weights, kind)], ""]
     if grids:
         lines += ["## Samples", "", *[f"![{g}](eval/{g})" for g in grids[:2]], ""]
-    lines += ["## Evaluation", ""]
-    if evaluations:
-        lines += ["Found in the run's `eval/` folder (copied here); FID against the reference named.", "",
-                  "| file | checkpoint step | samples | sampler steps | w | weights | FID | precision | recall | "
-                  "FD-DINOv2 | reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-        for r in evaluations:
-            weights_used = r["weights"] if r["sigma_rel"] is None else f"post-hoc EMA {r['sigma_rel']:g}"
-            lines.append(f"| {r['file']} | {_fmt(r['step'])} | {_fmt(r['num'])} | {_fmt(r['steps'])} | "
-                         f"{_fmt(r['cfg'], 2)} | {weights_used} | {_fmt(r['fid'])} | {_fmt(r['precision'], 3)} | "
-                         f"{_fmt(r['recall'], 3)} | {_fmt(r['fd_dinov2'])} | {_fmt(r['reference'])} |")
-        if any(r["step"] not in (None, step) for r in evaluations):
-            lines += ["", f"Rows whose checkpoint step is not {step:,} scored an earlier state of the run."]
-    else:
-        lines.append("No evaluation was found in the run (`vco eval --run RUN --ref REF` writes one).")
+    lines += ["## Evaluation", "", *_evaluation_table(evaluations, int(meta.get("step", 0)))]
     lines += ["", "## Use", "", "With vco and its `hub` extra installed (`pip install 'vco[hub]'`):", "", "```bash",
               f"vco sample --run {run_arg} --out samples.png        # a class-labelled grid",
               f"vco train --init-from {run_arg} --out my-finetune   # fine-tune from these weights",
@@ -244,3 +201,59 @@ def model_card(cfg, meta: dict, weights: list[str], evaluations: list[dict], gri
               *(["- `semantic_stats.safetensors`: the semantic stream's statistics."] if m.co_denoising else []),
               "- `eval/`: the run's evaluation results.", "- `vco_export.json`: provenance.", ""]
     return "\n".join(lines)
+
+
+def _card_header(cfg, license: str | None) -> str:
+    """The Hub's YAML metadata (between the --- lines); the license is the user's to set."""
+    header = {"library_name": "vco",
+              "tags": ["vco", "diffusion", "pixel-diffusion", "image-generation", "class-conditional",
+                       "v-co" if cfg.model.co_denoising else "jit"],
+              "pipeline_tag": "unconditional-image-generation"}
+    if cfg.data.name in HUB_DATASETS:
+        header["datasets"] = [HUB_DATASETS[cfg.data.name]]
+    if license:
+        header["license"] = license
+    text = yaml.safe_dump(header, sort_keys=False).rstrip()
+    return text if license else text + "\n# license: set one before sharing (e.g. mit, apache-2.0, cc-by-nc-4.0)"
+
+
+def _card_rows(cfg, meta: dict, weights: list[str], kind: str) -> list[tuple[str, str]]:
+    """(what, value) of the run: model, data, training, weights, sampler, V-Co components."""
+    from .models import count_params
+    m, t, d = cfg.model, cfg.train, cfg.data
+    decays = dict(zip(("ema1", "ema2"), meta.get("ema_decays", t.ema_decays)))
+    weight_text = ", ".join(f"{w} (EMA decay {decays[w]:g})" if w in decays else f"{w} (raw)" for w in weights)
+    data = d.name + (f" ({d.path})" if d.name == "folder" and d.path else "")
+    rows = [("preset", cfg.preset or "(custom)"), ("model", kind),
+            ("parameters", f"{count_params(m) / 1e6:.2f} M"),
+            ("image size", f"{m.image_size} px, {m.patch_size} px patches"),
+            ("classes", f"{m.num_classes}"), ("training data", data),
+            ("optimizer steps", f"{int(meta.get('step', 0)):,}"),
+            ("global batch", f"{meta.get('global_batch', t.batch_size)}"),
+            ("weights in this folder", weight_text),
+            ("sampler", f"{cfg.sampler.method}, {cfg.sampler.steps} steps, CFG w = {cfg.sampler.cfg:g} "
+                        f"on t in [{cfg.sampler.interval_min:g}, {cfg.sampler.interval_max:g}]")]
+    if m.co_denoising:
+        rows += [("dual stream", f"fusion {m.fusion}, unconditional branch {m.uncond}"),
+                 ("semantic encoder", cfg.semantic.encoder + (f" ({cfg.semantic.encoder_path})"
+                                                             if cfg.semantic.encoder_path else "")),
+                 ("calibration", cfg.semantic.calibration.get("name", "")),
+                 ("auxiliary loss", cfg.semantic.aux_loss.get("name", ""))]
+    return rows
+
+
+def _evaluation_table(evaluations: list[dict], step: int) -> list[str]:
+    """Markdown lines: one row per evaluation found, and a note on rows of earlier steps."""
+    if not evaluations:
+        return ["No evaluation was found in the run (`vco eval --run RUN --ref REF` writes one)."]
+    lines = ["Found in the run's `eval/` folder (copied here); FID against the reference named.", "",
+             "| file | checkpoint step | samples | sampler steps | w | weights | FID | precision | recall | "
+             "FD-DINOv2 | reference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in evaluations:
+        weights_used = r["weights"] if r["sigma_rel"] is None else f"post-hoc EMA {r['sigma_rel']:g}"
+        lines.append(f"| {r['file']} | {_fmt(r['step'])} | {_fmt(r['num'])} | {_fmt(r['steps'])} | "
+                     f"{_fmt(r['cfg'], 2)} | {weights_used} | {_fmt(r['fid'])} | {_fmt(r['precision'], 3)} | "
+                     f"{_fmt(r['recall'], 3)} | {_fmt(r['fd_dinov2'])} | {_fmt(r['reference'])} |")
+    if any(r["step"] not in (None, step) for r in evaluations):
+        lines += ["", f"Rows whose checkpoint step is not {step:,} scored an earlier state of the run."]
+    return lines

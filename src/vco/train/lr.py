@@ -21,13 +21,17 @@ DECAYS = {
 }
 
 
+def check_schedule(name: str) -> None:
+    if name not in DECAYS:
+        raise ConfigError(f"train.lr_schedule: unknown schedule {name!r}; choose from {', '.join(DECAYS)}")
+
+
 def lr_at(step: int, base_lr: float, warmup: int, schedule: str = "constant", horizon: int = 0,
           final_ratio: float = 0.0) -> float:
     """The lr of optimizer step ``step`` (0-based): ``base_lr * (step + 1) / warmup`` during warmup,
     then ``base_lr * (final + (1 - final) * decay(p))`` with p the progress from the end of warmup
     to ``horizon`` (clamped to [0, 1])."""
-    if schedule not in DECAYS:
-        raise ConfigError(f"train.lr_schedule: unknown schedule {schedule!r}; choose from {', '.join(DECAYS)}")
+    check_schedule(schedule)
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
     if schedule == "constant":

@@ -34,7 +34,7 @@ from .checkpoint import (CheckpointError, load_optimizer_tensors, load_tensors, 
                          optimizer_tensors, read_meta, save_checkpoint, state_mismatch)
 from .ema import EMA
 from .loggers import check_loggers
-from .lr import lr_at
+from .lr import check_schedule, lr_at
 from .metrics import MetricsLog
 from .objective import build_objective
 from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot
@@ -58,7 +58,7 @@ class Trainer:
         tc = self.cfg.train
         self.world, self.device = distributed.setup(resolve_device(tc.device))
         check_loggers(tc.loggers)                  # a missing package stops before any work
-        lr_at(0, 1.0, 0, tc.lr_schedule)           # so does an unknown lr schedule
+        check_schedule(tc.lr_schedule)             # so does an unknown lr schedule
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
