@@ -32,6 +32,7 @@ def test_the_demo_budget_covers_training_and_sampling(tmp_path):
     tc = cfg.train
     assert tc.lr_schedule == "cosine" and tc.lr_decay_steps == tc.steps >= r["final_step"]
     assert r["final_step"] >= 0.5 * tc.steps                  # the time limit did not cut it short
+    assert r["replanned_step"] == tc.steps                    # the re-planned end is the one recorded
     rows = [json.loads(line) for line in (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()]
     base = rows[-1]["lr"] / lr_at(rows[-1]["step"] - 1, 1.0, tc.warmup_steps, "cosine", tc.steps)
     assert base == pytest.approx(1e-3)                        # the demo's peak lr
@@ -82,3 +83,30 @@ def test_a_tight_budget_shrinks_the_sampling_not_the_deadline(monkeypatch):
     per_class, predicted = demo.fit_sampling(None, cfg, 30, budget_s=1.0, device="cpu")
     assert (cfg.sampler.steps, per_class) == (demo.MIN_STEPS, demo.MIN_PER_CLASS)   # the floors
     assert len(timed) == len(set(timed))              # each batch size is timed once
+
+
+def test_the_end_is_replanned_once_from_the_measured_rate():
+    """30% of the way to the planned end, the steps since training began move the end to where
+    the deadline falls: here 0.5 s a step with 85 s left at step 30 -> step 30 + 170."""
+    from types import SimpleNamespace
+    import vco.demo as demo
+    clock = [1000.0]
+    tc = SimpleNamespace(steps=100, lr_decay_steps=100)
+    trainer = SimpleNamespace(step=0, cfg=SimpleNamespace(train=tc), world=SimpleNamespace(is_main=False))
+    replan = demo.Replan(start=0, end=100, deadline=1000.0 + 100.0, cap=10_000, clock=lambda: clock[0])
+    assert replan.at == 30
+    for _ in range(60):                      # the hook runs after every step of 0.5 s
+        clock[0] += 0.5
+        trainer.step += 1
+        replan(trainer)
+        if trainer.step == 29:
+            assert tc.steps == 100           # not before REPLAN_AT of the way
+    # the first step (startup included) is left out: rate from step 1 to 30 = 0.5 s a step
+    assert replan.replanned == tc.steps == tc.lr_decay_steps == 30 + int(85.0 / 0.5)
+    capped = demo.Replan(start=0, end=100, deadline=1000.0 + 10 ** 6, cap=500, clock=lambda: clock[0])
+    trainer.step, tc.steps = 0, 100
+    for _ in range(40):
+        clock[0] += 0.5
+        trainer.step += 1
+        capped(trainer)
+    assert tc.steps == 500                   # never past the steps the demo allows

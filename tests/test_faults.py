@@ -159,6 +159,27 @@ def test_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path
     assert sorted(p.name for p in target.parent.iterdir()) == [".tmp-notes.txt", "result.json"]
 
 
+def test_atomic_writes_get_ordinary_permissions_or_keep_the_replaced_files(tmp_path):
+    """Not the temporary file's private 0o600: a new file gets 0o666 less the umask, as open()
+    would give it; a replaced file keeps its mode; a checkpoint (safetensors writes its own
+    temporary) too."""
+    import stat
+    from vco.files import atomic_write_text
+    old_mask = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "new.json", "{}")
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+        (tmp_path / "kept.json").write_text("old")
+        (tmp_path / "kept.json").chmod(0o604)
+        atomic_write_text(tmp_path / "kept.json", "new")
+        assert stat.S_IMODE((tmp_path / "kept.json").stat().st_mode) == 0o604
+        Trainer(cfg_for("jit-tiny", "train.steps=1"), tmp_path / "run").train(progress=False)
+        for name in ("checkpoint.safetensors", "checkpoint.json", "config.yaml"):
+            assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == 0o640, name
+    finally:
+        os.umask(old_mask)
+
+
 def test_a_real_save_killed_midway_leaves_only_files_the_next_start_removes(tmp_path):
     # safetensors writes ".tmpXXXXXX" inside our own temporary: both are found and removed
     from safetensors.torch import save_file

@@ -2,10 +2,10 @@
 
 The budget covers the whole job: setup, training, sampling and plots. Before training, one
 sampler evaluation is timed at the sampling batch, so the sampling time is known in advance and
-training is given what remains (the trainer stops before a step would cross its limit). A few
-timed training steps then say how many steps that share holds, and the lr decays (cosine) to
-zero at that step: the weights sampled at the end are those of a finished schedule, whatever
-the machine's speed.
+training is given what remains (the trainer stops before a step would cross its limit). The
+timed warmup steps then say how many steps that share holds, and the lr decays (cosine) to
+zero at that step; once, 30% of the way there, the steps trained since re-plan that end. The
+weights sampled at the end are those of a finished schedule, whatever the machine's speed.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ SAFETY = 1.15                 # sampling timed once; keep a margin for its varia
 SAMPLING_SHARE = 0.3          # at most this share of the budget goes to sampling
 MIN_STEPS, MIN_PER_CLASS = 8, 2
 PROBE_STEPS = 20              # at least this many timed steps size the lr schedule (they train the run)
+REPLAN_AT = 0.3               # this far to the planned end, the steps since the probe re-plan it
 
 
 @dataclass
@@ -103,15 +104,44 @@ def step_seconds(trainer) -> float:
     return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
 
 
-def plan_schedule(trainer, train_s: float) -> int:
+def plan_schedule(trainer, train_s: float) -> "Replan":
     """Time-box the training: a decay ending at the step the remaining ``train_s`` seconds reach
-    (measured, not guessed; at most train.steps), which is also the last step; returns that step."""
+    (measured, not guessed; at most train.steps), which is also the last step. Returns the hook
+    that re-plans that end once from the steps trained after the probe."""
     t = time.time()
     per_step = step_seconds(trainer)
     tc = trainer.cfg.train
-    end = min(tc.steps, trainer.step + max(1, int((train_s - (time.time() - t)) / per_step)))
+    cap, deadline = tc.steps, t + train_s
+    end = min(cap, trainer.step + max(1, int((deadline - time.time()) / per_step)))
     tc.steps = tc.lr_decay_steps = end
-    return end
+    return Replan(trainer.step, end, deadline, cap)
+
+
+class Replan:
+    """``Trainer.train``'s on_step hook: once, REPLAN_AT of the way to the planned end, the rate
+    of the steps since training resumed moves the end (and the decay's) to where the deadline
+    falls. The warmup probe alone misjudged it by 15% (its first steps run slower, and this
+    machine's speed drifts), which left minutes of the budget unused or cut the decay short.
+    The lr moves by a few percent at that step; the schedule stays a cosine to 0 at the end."""
+
+    def __init__(self, start: int, end: int, deadline: float, cap: int, clock=time.time):
+        self.planned, self.deadline, self.cap, self.clock = end, deadline, cap, clock
+        self.at = start + max(1, round(REPLAN_AT * (end - start)))
+        self.first: tuple[int, float] | None = None      # (step, time) of the first step seen
+        self.replanned: int | None = None
+
+    def __call__(self, trainer) -> None:
+        now = self.clock()
+        if self.first is None:
+            self.first = (trainer.step, now)
+        if self.replanned is not None or trainer.step < self.at or trainer.step == self.first[0]:
+            return
+        per_step = (now - self.first[1]) / (trainer.step - self.first[0])
+        end = min(self.cap, trainer.step + max(1, int((self.deadline - now) / per_step)))
+        tc = trainer.cfg.train
+        tc.steps = tc.lr_decay_steps = self.replanned = end
+        if trainer.world.is_main:
+            trainer.record_config()
 
 
 def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
@@ -156,15 +186,16 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
                             f"sampling ({reserve:.0f} s here) are paid: give more minutes")
     started = trainer.step
     t_train = time.time()
-    end = plan_schedule(trainer, train_s)
+    replan = plan_schedule(trainer, train_s)
     trainer.cfg.train.time_limit_min = (train_s - (time.time() - t_train)) / 60   # the safety net
     print(f"{minutes:g} min budget: {train_s / 60:.1f} min of training {cfg.preset} "
-          f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params) to step {end} "
-          f"(cosine lr decay to 0 there), {reserve / 60:.1f} min kept for sampling {num} images at "
-          f"{sample_steps} Heun steps")
-    summary = trainer.train()
+          f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params) to step "
+          f"{replan.planned} (cosine lr decay to 0 there; re-planned at step {replan.at}), "
+          f"{reserve / 60:.1f} min kept for sampling {num} images at {sample_steps} Heun steps")
+    summary = trainer.train(on_step=replan)
     summary.update(steps=trainer.step - started, seconds=time.time() - t_train)
-    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min")
+    moved = f", the end moved from step {replan.planned} at step {replan.at}" if replan.replanned else ""
+    print(f"trained to step {summary['final_step']} in {summary['seconds'] / 60:.1f} min{moved}")
     model, run_cfg, meta = load_run_model(run, "ema1", trainer.device)
     run_cfg.sampler.steps = sample_steps
     labels = class_labels(num, run_cfg.model.num_classes)
@@ -178,5 +209,6 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
           f"total {total / 60:.1f} min of the {minutes:g} min budget (sampling {sample_s:.0f} s, "
           f"predicted {predicted:.0f} s)")
     return {"steps": summary["steps"], "final_step": summary["final_step"], "train_s": summary["seconds"],
+            "planned_step": replan.planned, "replanned_step": replan.replanned,
             "sample_s": sample_s, "predicted_sample_s": predicted, "total_s": total,
             "budget_s": budget.seconds, "grid": str(grid), "curve": str(curve)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,29 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
     except OSError:
         pass  # not every filesystem supports fsync on a directory
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the OS allows (os.umask sets it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions the file gets: those of the file it replaces, else those of a file made by
+    open() (0o666 less the umask), not the private 0o600 of the temporary file, so that run
+    folders stay readable to whoever could read them before (a shared cluster folder)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
@@ -46,6 +70,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _mode_for(path))    # after write(): a library may have renamed its own file onto tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -316,7 +316,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
-    def train(self, progress: bool = True) -> dict:
+    def train(self, progress: bool = True, on_step=None) -> dict:
+        """Train to train.steps (or the time limit). ``on_step(trainer)`` runs after every step and
+        may move the end (the demo re-plans its schedule so)."""
         tc = self.cfg.train
         main = self.world.is_main                  # rank 0 alone writes files and logs
         if main:
@@ -333,6 +335,8 @@ class Trainer:
             step_s = time.time() - began
             last_loss = terms["loss"]
             self._advance(bar, t0, terms)
+            if on_step is not None:
+                on_step(self)
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 now = time.time()
                 rate = tc.log_every * self.global_batch / max(now - window, 1e-9)
@@ -370,7 +374,11 @@ class Trainer:
         remove_stale_temporaries(self.run_dir)
         if (self.run_dir / SNAPSHOT_DIR).is_dir():
             remove_stale_temporaries(self.run_dir / SNAPSHOT_DIR)
-        # a resumed run whose config changed keeps the one it trained with until now
+        self.record_config()
+
+    def record_config(self) -> None:
+        """Write the config to config.yaml; a run whose config changed (resumed with other
+        settings, or re-planned mid-run) keeps the one it trained with until now beside it."""
         path, new = self.run_dir / "config.yaml", to_yaml(self.cfg)
         if path.is_file() and path.read_text() != new:
             atomic_write_text(self.run_dir / CONFIG_HISTORY / f"until-step-{self.step:07d}.yaml", path.read_text())
