@@ -110,3 +110,19 @@ def test_the_end_is_replanned_once_from_the_measured_rate():
         trainer.step += 1
         capped(trainer)
     assert tc.steps == 500                   # never past the steps the demo allows
+
+
+def test_an_end_moved_later_mid_run_trains_the_batches_of_the_longer_run(tmp_path):
+    """The on_step hook may move train.steps past the loader's last batch: training continues
+    to the new end on the same data, bit for bit the run that had that end from the start."""
+    from vco.train.checkpoint import load_tensors
+    common = TINY + ["data.name=synthetic", "batch_size=8", "warmup_steps=0", "ckpt_every=1000"]
+
+    def later(trainer):
+        if trainer.step == 3:
+            trainer.cfg.train.steps = 7
+    moved = Trainer(build_config("jit-tiny", overrides=common + ["train.steps=4"]), tmp_path / "moved")
+    assert moved.train(progress=False, on_step=later)["final_step"] == 7
+    Trainer(build_config("jit-tiny", overrides=common + ["train.steps=7"]), tmp_path / "straight").train(progress=False)
+    a, b = load_tensors(tmp_path / "moved"), load_tensors(tmp_path / "straight")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -326,7 +326,8 @@ class Trainer:
         metrics = MetricsLog(self.run_dir, self.cfg, enabled=main)
         start, t0, window = self.step, time.time(), time.time()
         last_loss = float("nan")
-        it = iter(self.loader(self.step, tc.steps))
+        loader_end = tc.steps
+        it = iter(self.loader(self.step, loader_end))
         bar = self._progress_bar(enabled=progress and main)
         stopped_early, step_s = False, 0.0
         while self.step < tc.steps:
@@ -337,6 +338,9 @@ class Trainer:
             self._advance(bar, t0, terms)
             if on_step is not None:
                 on_step(self)
+                if tc.steps > loader_end:          # the end moved past the loader's last batch
+                    loader_end = tc.steps
+                    it = iter(self.loader(self.step, loader_end))
             if self.step % tc.log_every == 0 or self.step == tc.steps:
                 now = time.time()
                 rate = tc.log_every * self.global_batch / max(now - window, 1e-9)
