@@ -24,17 +24,17 @@ def test_the_demo_budget_covers_training_and_sampling(tmp_path):
     assert (tmp_path / "demo" / "loss.png").is_file()
     # the prediction that sized the training share is of the right order
     assert r["predicted_sample_s"] == pytest.approx(r["sample_s"], rel=1.0, abs=1.0)
-    # the lr schedule ends where the measured steps said the budget ends: cosine to 0 there
+    # the run (and its lr schedule) ends where the measured steps said the budget ends
     import json
     from vco.config import load_config
     from vco.train.lr import lr_at
     cfg = load_config(tmp_path / "demo" / "run" / "config.yaml")
     tc = cfg.train
-    assert tc.lr_schedule == "cosine" and tc.lr_decay_steps == tc.steps >= r["final_step"]
+    assert tc.lr_schedule == "constant" and tc.lr_decay_steps == tc.steps >= r["final_step"]
     assert r["final_step"] >= 0.5 * tc.steps                  # the time limit did not cut it short
     assert r["replanned_step"] == tc.steps                    # the re-planned end is the one recorded
     rows = [json.loads(line) for line in (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()]
-    base = rows[-1]["lr"] / lr_at(rows[-1]["step"] - 1, 1.0, tc.warmup_steps, "cosine", tc.steps)
+    base = rows[-1]["lr"] / lr_at(rows[-1]["step"] - 1, 1.0, tc.warmup_steps, "constant", tc.steps)
     assert base == pytest.approx(1e-3)                        # the demo's peak lr
 
 

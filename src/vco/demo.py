@@ -3,9 +3,10 @@
 The budget covers the whole job: setup, training, sampling and plots. Before training, one
 sampler evaluation is timed at the sampling batch, so the sampling time is known in advance and
 training is given what remains (the trainer stops before a step would cross its limit). The
-timed warmup steps then say how many steps that share holds, and the lr decays (cosine) to
-zero at that step; once, 30% of the way there, the steps trained since re-plan that end. The
-weights sampled at the end are those of a finished schedule, whatever the machine's speed.
+timed warmup steps then say how many steps that share holds, which is where the run and its
+lr schedule end (a decaying one, ``--set train.lr_schedule=cosine``, reaches 0 there); once,
+30% of the way, the steps trained since re-plan that end, so the budget is used whatever the
+machine's speed.
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ class Replan:
     of the steps since training resumed moves the end (and the decay's) to where the deadline
     falls. The warmup probe alone misjudged it by 15% (its first steps run slower, and this
     machine's speed drifts), which left minutes of the budget unused or cut the decay short.
-    The lr moves by a few percent at that step; the schedule stays a cosine to 0 at the end."""
+    A decaying schedule's lr moves by a few percent at that step and still reaches 0 at the end."""
 
     def __init__(self, start: int, end: int, deadline: float, cap: int, clock=time.time):
         self.planned, self.deadline, self.cap, self.clock = end, deadline, cap, clock
@@ -145,11 +146,11 @@ class Replan:
 
 
 def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
-    # Small batches give more optimizer steps in minutes; blr keeps the peak per-step lr at 1e-3,
-    # from which a cosine decays to 0 at the last step the budget holds (plan_schedule).
+    # Small batches give more optimizer steps in minutes; blr keeps the per-step lr at 1e-3. The
+    # lr stays constant after the warmup (the presets' schedule): a cosine to 0 at the budget's
+    # last step scored worse (FID-200 151 against 120 in 9 minutes; docs/results/lr_schedule/).
     overrides = [f"data.name={data}", f"train.batch_size={batch_size}",
-                 f"train.blr={1e-3 * 256 / batch_size}", "train.log_every=5", "train.lr_schedule=cosine",
-                 "train.lr_final_ratio=0", "train.warmup_steps=50"]
+                 f"train.blr={1e-3 * 256 / batch_size}", "train.log_every=5", "train.warmup_steps=50"]
     if C.build_config(preset).data.classes_per_batch:
         overrides.append(f"data.classes_per_batch={max(1, batch_size // 4)}")
     return overrides
