@@ -126,3 +126,19 @@ def test_an_end_moved_later_mid_run_trains_the_batches_of_the_longer_run(tmp_pat
     Trainer(build_config("jit-tiny", overrides=common + ["train.steps=7"]), tmp_path / "straight").train(progress=False)
     a, b = load_tensors(tmp_path / "moved"), load_tensors(tmp_path / "straight")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_loss_curve_plots_the_loss_terms_only(tmp_path, monkeypatch):
+    """grad_norm, lr and the rates sit beside the losses in metrics.jsonl but are not losses."""
+    import json
+    import matplotlib.axes
+    from vco.plots import plot_loss_curves
+    labels = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, label=None, **k: labels.append(label) or real_plot(self, *a, label=label, **k))
+    rows = [{"step": s, "skipped_steps": 0, "loss": 1.0 / s, "pix": 0.5 / s, "aux": 1e-3, "lr": 1e-3,
+             "grad_norm": 2.0, "img_per_s": 30.0, "elapsed_s": float(s)} for s in (1, 2, 3)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_loss_curves(tmp_path / "metrics.jsonl", tmp_path / "loss.png").is_file()
+    assert labels == ["loss", "pix", "aux"]

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIP = {"step", "lr", "img_per_s", "elapsed_s", "skipped_steps"}
+SKIP = {"step", "lr", "img_per_s", "elapsed_s", "skipped_steps", "grad_norm"}   # not losses
 
 
 def plot_loss_curves(metrics_path: str | Path, out: str | Path) -> Path:
