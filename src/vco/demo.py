@@ -23,7 +23,7 @@ PLOT_RESERVE_S = 5.0          # grid PNG, loss curve, reading the checkpoint bac
 SAFETY = 1.15                 # sampling timed once; keep a margin for its variation
 SAMPLING_SHARE = 0.3          # at most this share of the budget goes to sampling
 MIN_STEPS, MIN_PER_CLASS = 8, 2
-PROBE_STEPS = 20              # at least this many timed steps size the lr schedule (they train the run)
+PROBE_STEPS = 20              # at least this many timed steps size the run (they train it)
 REPLAN_AT = 0.3               # this far to the planned end, the steps since the probe re-plan it
 
 
@@ -106,8 +106,8 @@ def step_seconds(trainer) -> float:
 
 
 def plan_schedule(trainer, train_s: float) -> "Replan":
-    """Time-box the training: a decay ending at the step the remaining ``train_s`` seconds reach
-    (measured, not guessed; at most train.steps), which is also the last step. Returns the hook
+    """Time-box the training: the run (and its lr schedule) ends at the step the remaining
+    ``train_s`` seconds reach (measured, not guessed; at most train.steps). Returns the hook
     that re-plans that end once from the steps trained after the probe."""
     t = time.time()
     per_step = step_seconds(trainer)
