@@ -54,9 +54,14 @@ def evaluation_seconds(model, cfg: C.Config, b: int, device="cpu") -> float:
     run = lambda: guided_velocity(model.eval(), states, 0.5, y, w, cfg.model.num_classes,
                                   cfg.diffusion.t_eps, times)
     run()
-    t = time.perf_counter()
-    run()
-    return time.perf_counter() - t
+
+    def timed() -> float:
+        t = time.perf_counter()
+        run()
+        return time.perf_counter() - t
+    # the faster of two: one timing after a single warm-up ran slow (the demo predicted 38 s of
+    # sampling and took 19 s: training time lost); SAFETY still covers the spread
+    return min(timed(), timed())
 
 
 def sampling_seconds(per_eval: float, cfg: C.Config, num: int, b: int) -> float:
