@@ -3,6 +3,7 @@ per-step values they get, one W&B run across --resume and `vco eval`, and clear 
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,10 +69,21 @@ def test_unknown_or_missing_logger_is_a_clear_error_before_any_work(tmp_path, mo
     assert not (tmp_path / "r").exists()
 
 
-def wandb_files(run: Path) -> dict[str, bytes]:
+def wandb_files(run: Path, settle_s: float = 20.0) -> dict[str, bytes]:
     """The offline W&B run folders under RUN/wandb (offline-run-<time>-<id>[-n]: W&B adds -n to
-    a second folder of the same second) and their .wandb record files (bytes)."""
-    return {p.parent.name: p.read_bytes() for p in sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))}
+    a second folder of the same second) and their .wandb record files (bytes). W&B's service
+    process may still be writing a record file when finish() returns (a read then found only its
+    header, one run in three): read until the files stop changing for half a second."""
+    def read():
+        return {p.parent.name: p.read_bytes() for p in sorted((run / "wandb").glob("offline-run-*/run-*.wandb"))}
+    deadline, last = time.time() + settle_s, read()
+    while time.time() < deadline:
+        time.sleep(0.5)
+        now = read()
+        if now == last and all(len(b) > 64 for b in now.values()):
+            return now
+        last = now
+    return last
 
 
 def test_wandb_offline_one_run_across_resume_and_eval(tmp_path):
