@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ import yaml
 
 from . import __version__
 from .config import from_dict, to_dict, to_yaml
-from .files import atomic_write_text
+from .files import atomic_write_text, current_umask
 from .semantic.stream import STATS_NAME
 from .train.checkpoint import (CKPT_NAME, CheckpointError, checkpoint_sections, load_tensors, read_meta,
                                save_checkpoint)
@@ -126,8 +125,7 @@ def _semantic_stats(run: Path, cfg, notes: list[str]) -> Path | None:
 def _shareable(folder: Path) -> None:
     """The permissions of ordinary new files (the umask's), not the private ones of the temporary
     folder and atomic writes, so that the folder can be shared or served as it is."""
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 

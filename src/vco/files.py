@@ -28,7 +28,7 @@ def _fsync_dir(path: Path) -> None:
         pass  # not every filesystem supports fsync on a directory
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without changing it where the OS allows (os.umask sets it)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -48,7 +48,7 @@ def _mode_for(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except OSError:
-        return 0o666 & ~_umask()
+        return 0o666 & ~current_umask()
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
