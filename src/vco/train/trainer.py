@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from ..config import Config, to_dict, to_yaml
 from ..data import (BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSampler, build_dataset,
@@ -38,6 +37,7 @@ from .lr import check_schedule, lr_at
 from .metrics import MetricsLog
 from .objective import build_objective
 from .posthoc_ema import SNAPSHOT_DIR, PowerEMA, save_snapshot
+from .progress import TrainProgress
 
 log = logging.getLogger("vco.train")
 CONFIG_HISTORY = "config_history"      # a resumed run's earlier config.yaml files, by last step
@@ -324,18 +324,18 @@ class Trainer:
         if main:
             self._prepare_run_dir()
         metrics = MetricsLog(self.run_dir, self.cfg, enabled=main)
-        start, t0, window = self.step, time.time(), time.time()
+        start, window = self.step, time.time()
         last_loss = float("nan")
         loader_end = tc.steps
         it = iter(self.loader(self.step, loader_end))
-        bar = self._progress_bar(enabled=progress and main)
+        shown = TrainProgress(tc.time_limit_min, tc.steps, self.step, enabled=progress and main)
         stopped_early, step_s = False, 0.0
         while self.step < tc.steps:
             began = time.time()
             terms = self.train_step([next(it) for _ in range(tc.grad_accum)])
             step_s = time.time() - began
             last_loss = terms["loss"]
-            self._advance(bar, t0, terms)
+            shown.advance(self.step, terms["loss"], self.optimizer.param_groups[0]["lr"])
             if on_step is not None:
                 on_step(self)
                 if tc.steps > loader_end:          # the end moved past the loader's last batch
@@ -349,7 +349,7 @@ class Trainer:
                                           **{k: round(v, 6) for k, v in terms.items()},
                                           "lr": self.optimizer.param_groups[0]["lr"],
                                           "grad_norm": round(self.grad_norm, 6),
-                                          "img_per_s": round(rate, 2), "elapsed_s": round(now - t0, 2)})
+                                          "img_per_s": round(rate, 2), "elapsed_s": round(shown.elapsed(), 2)})
             if self.bad_in_row >= tc.max_bad_steps:
                 raise FloatingPointError(
                     f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient "
@@ -360,13 +360,13 @@ class Trainer:
                 save_snapshot(self.run_dir, self.step, self.power_emas, distributed.full_tensor, self.world.is_main)
             if self.step % tc.ckpt_every == 0 and self.bad_in_row == 0:
                 self.save()                        # never checkpoint in the middle of a bad streak
-            if self.out_of_time(t0, step_s):
+            if self.out_of_time(shown, step_s):
                 stopped_early = self.step < tc.steps
                 break
-        bar.close()
+        shown.close()
         self.save()
         metrics.close()
-        return {"steps": self.step - start, "final_step": self.step, "seconds": time.time() - t0,
+        return {"steps": self.step - start, "final_step": self.step, "seconds": shown.elapsed(),
                 "stopped_by_time_limit": stopped_early, "last_loss": last_loss}
 
     def _prepare_run_dir(self) -> None:
@@ -388,26 +388,7 @@ class Trainer:
             atomic_write_text(self.run_dir / CONFIG_HISTORY / f"until-step-{self.step:07d}.yaml", path.read_text())
         atomic_write_text(path, new)
 
-    def out_of_time(self, t0: float, step_s: float) -> bool:
+    def out_of_time(self, shown: TrainProgress, step_s: float) -> bool:
         """Another step would end past train.time_limit_min (so a time-limited run ends inside its
         limit); decided on every rank alike, so that all stop at the same step."""
-        limit = self.cfg.train.time_limit_min * 60
-        late = time.time() - t0 + step_s > limit
-        return limit > 0 and self.world.mean([float(late)], self.device)[0] > 0
-
-    def _progress_bar(self, enabled: bool):
-        """Steps of train.steps, or, for a time-limited run, seconds of its time budget."""
-        limit = self.cfg.train.time_limit_min * 60
-        if limit > 0:
-            return tqdm(total=round(limit), desc="train", unit="s", disable=not enabled, dynamic_ncols=True,
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s budget{postfix}")
-        return tqdm(total=self.cfg.train.steps, initial=self.step, desc="train", disable=not enabled,
-                    dynamic_ncols=True)
-
-    def _advance(self, bar, t0: float, terms: dict) -> None:
-        if self.cfg.train.time_limit_min > 0:
-            bar.n = min(time.time() - t0, bar.total)
-            bar.set_postfix_str(f" step {self.step}, loss {terms['loss']:.4f}", refresh=True)
-        else:
-            bar.update(1)
-            bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        return shown.limit > 0 and self.world.mean([float(shown.late(step_s))], self.device)[0] > 0
