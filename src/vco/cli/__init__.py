@@ -8,6 +8,7 @@ import sys
 from .. import __version__
 from .. import config as C
 from ..data import DataError
+from ..device import reuse_freed_memory
 from ..files import WriteError
 from ..hub import HubError
 from ..train.checkpoint import CheckpointError
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        reuse_freed_memory()                # every command's CPU work: train, sample, evaluate
         status = args.func(args)            # a command may return its own exit status
     except (C.ConfigError, DataError, CheckpointError, WriteError, HubError, ValueError,
             FileNotFoundError) as e:

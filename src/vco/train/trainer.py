@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, to_dict, to_yaml
 from ..data import (BatchSchedule, ClassBalancedSchedule, DataError, StepBatchSampler, build_dataset,
                     to_model_range)
-from ..device import autocast, resolve_device, resolve_precision
+from ..device import autocast, resolve_device, resolve_precision, reuse_freed_memory
 from ..diffusion.randomness import SampleStreams, sample_seed
 from ..models import build_model
 from ..files import atomic_write_text, remove_stale_temporaries
@@ -62,6 +62,7 @@ class Trainer:
         self.precision = resolve_precision(tc.precision, self.device)
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU kernels crawl
+            reuse_freed_memory()            # no page faults on each step's large blocks
         torch.manual_seed(tc.seed)
         self.dataset = self._dataset()
         self.model = build_model(self.cfg.model, self.device)
