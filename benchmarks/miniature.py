@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import statistics
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +66,8 @@ SWEEP = (1.25, 1.5, 2.0, 3.0)   # --guided: w picked on SWEEP_NUM samples of see
 SWEEP_NUM = 200
 LOG_EVERY = 10
 TARGET_FID = 40                 # the issue's goal for jit-tiny within 30 minutes of training
+TIME_WARMUP, TIME_STEPS, TIME_ROUNDS = 5, 20, 2   # --time: steps per variant and round
+TIMING_FILE = "timing.json"     # under docs/results/miniature/
 
 
 def variant_config(v: Variant, steps: int):
@@ -122,32 +127,82 @@ def guided_eval(run: Path, ref, inception) -> dict:
             **{k: final[k] for k in ("fid", "precision", "recall", "kid", "kid_std")}}
 
 
+def time_variants(variants: list[Variant]) -> dict:
+    """Seconds per training step of every variant, measured in one sitting on this machine.
+
+    The runs themselves may be trained on different days or machines (a session's CPU speed
+    drifts by 30%), so the equal-time comparison uses these rates, not the runs' wall clocks. Each
+    round times ``TIME_STEPS`` steps after ``TIME_WARMUP``; rounds alternate the order of the
+    variants, and each variant's figure is the median of its rounds.
+    """
+    rates = {v.name: [] for v in variants}
+    for round_ in range(TIME_ROUNDS):
+        for v in variants if round_ % 2 == 0 else variants[::-1]:
+            with tempfile.TemporaryDirectory() as run:
+                trainer = Trainer(variant_config(v, TIME_WARMUP + TIME_STEPS), run)
+                batches = iter(trainer.loader(0, TIME_WARMUP + TIME_STEPS))
+                for _ in range(TIME_WARMUP):
+                    trainer.train_step([next(batches)])
+                t = time.perf_counter()
+                for _ in range(TIME_STEPS):
+                    trainer.train_step([next(batches)])
+                rates[v.name].append((time.perf_counter() - t) / TIME_STEPS)
+            print(f"timing round {round_ + 1}: {v.name} {rates[v.name][-1]:.3f} s/step", flush=True)
+    return {"sec_per_step": {k: round(statistics.median(r), 4) for k, r in rates.items()},
+            "rounds": {k: [round(x, 4) for x in r] for k, r in rates.items()},
+            "steps": TIME_STEPS, "warmup": TIME_WARMUP, "threads": torch.get_num_threads(),
+            "machine": machine(), "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}
+
+
+def machine() -> str:
+    from vco.device import cpu_has_bf16
+    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
+        else platform.processor()
+    return f"{name}, {torch.get_num_threads()} threads, " + ("native bf16" if cpu_has_bf16() else "AVX2 (no bf16)")
+
+
+def timed_seconds(records: list[dict], timing: dict | None) -> None:
+    """Each point's ``timed_seconds``: its steps at the variant's one-sitting rate (None: not timed)."""
+    rates = (timing or {}).get("sec_per_step", {})
+    for r in records:
+        for p in r["points"]:
+            p["timed_seconds"] = round(p["step"] * rates[r["variant"]], 1) if r["variant"] in rates else None
+
+
 def read_config(run: Path) -> dict:
     import yaml
     return yaml.safe_load((run / "config.yaml").read_text())
 
 
-def at_equal_time(record: dict, seconds: float) -> dict:
+def at_equal_time(record: dict, seconds: float, key: str = "seconds") -> dict:
     """The evaluation point with the most training within ``seconds`` (5% slack for timing noise);
-    the first point if even that took longer."""
-    within = [p for p in record["points"] if p["seconds"] <= 1.05 * seconds]
+    the first point if even that took longer. key: "seconds" (the run's wall clock) or
+    "timed_seconds" (steps at the one-sitting rate)."""
+    within = [p for p in record["points"] if p[key] <= 1.05 * seconds]
     return within[-1] if within else record["points"][0]
 
 
-def write_outputs(records: list[dict], results: Path) -> None:
-    write_json(results / "miniature.json", {
+def write_outputs(records: list[dict], results: Path, timing: dict | None = None) -> None:
+    timed_seconds(records, timing)
+    # Equal time on the one-sitting rates when every variant has one, else on the runs' clocks.
+    key = "timed_seconds" if all(p["timed_seconds"] for r in records for p in r["points"]) else "seconds"
+    write_json(results / "miniature.json", {"equal_time_from": key, "timing": timing, 
         "protocol": {"eval_at_steps": EVAL_AT, "fid_num": FID_NUM, "ref_num": REF_NUM,
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
                      "sweep": SWEEP, "sweep_num": SWEEP_NUM, "threads": torch.get_num_threads()},
         "variants": records})
     base = next((r for r in records if r["variant"] == "jit-tiny"), None)
-    t_jit = base["points"][-1]["seconds"] if base else None
+    t_jit = base["points"][-1][key] if base else None
     lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",
              f"Each variant: its preset's training (batch, lr, EMA, seed: the same data order), fp32; "
              f"EMA-1 weights; Heun {SAMPLE_STEPS} steps; FID of {FID_NUM} samples ({FID_NUM // 10} per class) "
              f"against the {REF_NUM} test images. Unguided (w = 1) unless marked. Equal time: each variant at "
              f"its last evaluation point within JiT's training seconds"
-             + (f" ({t_jit:.0f} s)." if t_jit else "."), "",
+             + (f" ({t_jit:.0f} s)" if t_jit else "")
+             + (f", each variant's seconds being its steps at the rate measured for all of them in one "
+                f"sitting ({timing['date']}, {timing['machine']}; `--time`)." if key == "timed_seconds"
+                else ", from each run's own clock (not all variants timed in one sitting: `--time`)."), "",
              "| variant | lacks | params | " + " | ".join(f"FID @ {s} steps" for s in EVAL_AT)
              + " | s / step | FID @ equal time (step) | guided FID (w) | precision | recall |",
              "|---|---|---|" + "---|" * len(EVAL_AT) + "---|---|---|---|---|"]
@@ -155,27 +210,27 @@ def write_outputs(records: list[dict], results: Path) -> None:
         by_step = {p["step"]: p for p in r["points"]}
         fids = " | ".join(f"{by_step[s]['fid']:.2f}" if s in by_step else "-" for s in EVAL_AT)
         last = r["points"][-1]
-        per_step = last["seconds"] / max(last["step"], 1)
-        eq = at_equal_time(r, t_jit) if t_jit else None
-        late = eq is not None and eq["seconds"] > 1.05 * t_jit      # even its first point took longer
-        eq_txt = f"{eq['fid']:.2f} ({eq['step']}{', ' + format(eq['seconds'] / 60, '.0f') + ' min †' if late else ''})" \
+        per_step = last[key] / max(last["step"], 1)
+        eq = at_equal_time(r, t_jit, key) if t_jit else None
+        late = eq is not None and eq[key] > 1.05 * t_jit          # even its first point took longer
+        eq_txt = f"{eq['fid']:.2f} ({eq['step']}{', ' + format(eq[key] / 60, '.0f') + ' min †' if late else ''})" \
             if eq else "-"
         g = r.get("guided")
         g_txt = f"{g['fid']:.2f} ({g['w']:g})" if g else "-"
         pr = g or last
         lines.append(f"| {r['variant']} | {r['removes']} | {r['params'] / 1e6:.2f}M | {fids} | {per_step:.2f} | "
                      f"{eq_txt} | {g_txt} | {pr['precision']:.3f} | {pr['recall']:.3f} |")
-    if t_jit and any(r["points"][0]["seconds"] > 1.05 * t_jit for r in records):
+    if t_jit and any(r["points"][0][key] > 1.05 * t_jit for r in records):
         lines += ["", f"† even this variant's first evaluation point took longer than JiT's whole run "
                       f"({t_jit / 60:.0f} min): the FID against training time is in miniature.png."]
     pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
     if pending:
         lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]
     (results / "miniature.md").write_text("\n".join(lines) + "\n")
-    plot(records, results / "miniature.png")
+    plot(records, results / "miniature.png", key)
 
 
-def plot(records: list[dict], path: Path) -> None:
+def plot(records: list[dict], path: Path, key: str = "seconds") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,12 +238,12 @@ def plot(records: list[dict], path: Path) -> None:
     for r in records:
         pts = r["points"]
         style = "o-" if r["variant"] in ("jit-tiny", "vco-tiny") else "o--"
-        for ax, xs in ((axes[0], [p["seconds"] / 60 for p in pts]), (axes[1], [p["step"] for p in pts])):
+        for ax, xs in ((axes[0], [p[key] / 60 for p in pts]), (axes[1], [p["step"] for p in pts])):
             line, = ax.plot(xs, [p["fid"] for p in pts], style, label=r["variant"])
             for x, p in zip(xs, pts):
                 ax.annotate(f"{p['fid']:.1f}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=line.get_color())
-    axes[0].set_xlabel("training time (min, 2-core CPU)")
+    axes[0].set_xlabel("training time (min, 2-core CPU" + (", one-sitting rates)" if key == "timed_seconds" else ")"))
     axes[1].set_xlabel("optimizer steps")
     for ax in axes:
         ax.axhline(TARGET_FID, color="grey", ls=":", lw=1, label=f"target for jit-tiny ({TARGET_FID})")
@@ -211,6 +266,8 @@ def main(argv=None) -> None:
     ap.add_argument("--until", type=int, default=EVAL_AT[-1],
                     help="stop each variant after its evaluation at this step (continue later)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--time", action="store_true",
+                    help="only time every variant's training step in one sitting (for the equal-time column)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -220,6 +277,11 @@ def main(argv=None) -> None:
         ap.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(BY_NAME)}")
     out, results = Path(args.out), Path(args.results)
     (results / "miniature").mkdir(parents=True, exist_ok=True)
+    if args.time:
+        write_json(results / "miniature" / TIMING_FILE, time_variants(
+            [BY_NAME[n] for n in args.only] if args.only else VARIANTS))
+        report(results)
+        return
     inception = InceptionFeatures("cpu")
     ref = load_reference(reference(out, {"ref_num": REF_NUM}, inception, image_size=28))
     chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
@@ -238,8 +300,9 @@ def main(argv=None) -> None:
 def report(results: Path) -> None:
     records = [json.loads(p.read_text()) for v in VARIANTS
                if (p := results / "miniature" / f"{v.name}.json").is_file()]
+    timing = results / "miniature" / TIMING_FILE
     if records:
-        write_outputs(records, results)
+        write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None)
         print(f"{len(records)}/{len(VARIANTS)} variants -> {results / 'miniature.md'}", flush=True)
 
 

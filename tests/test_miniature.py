@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))   # miniature imports its helpers from ladder
 spec = importlib.util.spec_from_file_location("miniature", ROOT / "benchmarks" / "miniature.py")
@@ -57,3 +59,41 @@ def test_outputs_list_finished_variants_and_the_pending_ones(tmp_path):
     saved = json.loads((tmp_path / "miniature.json").read_text())
     assert [r["variant"] for r in saved["variants"]] == ["jit-tiny", "vco-tiny"]
     assert (tmp_path / "miniature.png").stat().st_size > 10_000
+
+
+def test_equal_time_uses_the_one_sitting_rates_when_every_variant_has_one(tmp_path):
+    # The runs' clocks say vco-tiny's 1800 steps fit in JiT's time (trained on a faster day);
+    # the rates timed in one sitting say vco-tiny is 2x slower a step: only its 900 fits.
+    recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6,
+             "points": [point(900, 600, 50), point(1800, 1200, 35)]},
+            {"variant": "vco-tiny", "removes": "none", "params": 8e6,
+             "points": [point(900, 500, 40), point(1800, 1000, 25)]}]
+    miniature.write_outputs(recs, tmp_path)                      # no timing: the clocks
+    row = lambda: next(x for x in (tmp_path / "miniature.md").read_text().splitlines() if x.startswith("| vco-tiny "))
+    assert "25.00 (1800)" in row()
+    timing = {"sec_per_step": {"jit-tiny": 0.5, "vco-tiny": 1.0}, "date": "today", "machine": "this CPU"}
+    miniature.write_outputs(recs, tmp_path, timing)
+    assert "40.00 (900)" in row() and "| 1.00 |" in row()     # s / step: the timed rate
+    saved = json.loads((tmp_path / "miniature.json").read_text())
+    assert saved["equal_time_from"] == "timed_seconds" and saved["timing"] == timing
+    assert [p["timed_seconds"] for p in saved["variants"][1]["points"]] == [900.0, 1800.0]
+    assert [p["seconds"] for p in saved["variants"][1]["points"]] == [500, 1000]   # the clocks kept
+    # One variant not timed: every variant falls back to the clocks (no mixing of the two).
+    miniature.write_outputs(recs, tmp_path, {**timing, "sec_per_step": {"jit-tiny": 0.5}})
+    assert "25.00 (1800)" in row()
+
+
+def test_timing_measures_every_variant_in_alternating_rounds(monkeypatch):
+    from test_train import small_cfg
+    order = []
+    monkeypatch.setattr(miniature, "variant_config",
+                        lambda v, steps: order.append(v.name) or small_cfg([f"train.steps={steps}"]))
+    monkeypatch.setattr(miniature, "TIME_WARMUP", 1)
+    monkeypatch.setattr(miniature, "TIME_STEPS", 2)
+    timing = miniature.time_variants(miniature.VARIANTS[:2])
+    assert order == ["jit-tiny", "jit-tiny-wide", "jit-tiny-wide", "jit-tiny"]   # rounds alternate
+    assert set(timing["sec_per_step"]) == {"jit-tiny", "jit-tiny-wide"}
+    for name, rounds in timing["rounds"].items():
+        assert len(rounds) == 2 and min(rounds) > 0
+        assert timing["sec_per_step"][name] == pytest.approx(sum(rounds) / 2, abs=1e-4)  # the median
+    assert timing["steps"] == 2 and timing["warmup"] == 1 and timing["machine"]
