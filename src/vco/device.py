@@ -53,7 +53,7 @@ def reuse_freed_memory() -> bool:
     By default glibc gives every block over its mmap threshold (128 KiB, rising only as far as
     blocks are freed) fresh pages and unmaps them on free, so each training step page-faults its
     activations, weight casts and gradients in again: 50-60k faults a step for vco-b16 at batch 2,
-    a fifth of its bf16 step time on a 2-core CPU. The numbers computed do not change, nor does the
+    a quarter of its bf16 step time on a 2-core CPU. The numbers computed do not change, nor does the
     peak memory (the same blocks are reused). A no-op off glibc, or with VCO_CPU_ALLOCATOR=default
     (e.g. under a preloaded jemalloc/tcmalloc). Returns whether the setting was applied.
     """
