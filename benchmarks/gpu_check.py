@@ -142,10 +142,8 @@ def child_peak(spec: dict, rec: Record) -> None:
             log(f"matmul peak {name}: {rec[f'{name}_tflops']:.1f} TFLOP/s ({n}^3)")
     else:
         from throughput import matmul_peak    # shrinks n where the dtype is emulated (bf16 on AVX2)
-        from vco.device import cpu_has_bf16
-        model = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()) \
-            if Path("/proc/cpuinfo").is_file() else None
-        rec.set(cpu=model.group(1).strip() if model else platform.machine(), native_bf16=cpu_has_bf16())
+        from vco.device import cpu_has_bf16, cpu_name
+        rec.set(cpu=cpu_name(), native_bf16=cpu_has_bf16())
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             rec.set(**{f"{name}_tflops": matmul_peak(dtype, "cpu", n=spec.get("n", 1024), reps=3) / 1e3})
             log(f"matmul peak {name}: {1e3 * rec[f'{name}_tflops']:.1f} GFLOP/s")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
@@ -155,11 +154,8 @@ def time_variants(variants: list[Variant]) -> dict:
 
 
 def machine() -> str:
-    from vco.device import cpu_has_bf16
-    name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() \
-        else platform.processor()
-    return f"{name}, {torch.get_num_threads()} threads, " + ("native bf16" if cpu_has_bf16() else "AVX2 (no bf16)")
+    from vco.device import cpu_has_bf16, cpu_name
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, " + ("native bf16" if cpu_has_bf16() else "AVX2 (no bf16)")
 
 
 def timed_seconds(records: list[dict], timing: dict | None) -> None:
@@ -187,7 +183,7 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
     timed_seconds(records, timing)
     # Equal time on the one-sitting rates when every variant has one, else on the runs' clocks.
     key = "timed_seconds" if all(p["timed_seconds"] for r in records for p in r["points"]) else "seconds"
-    write_json(results / "miniature.json", {"equal_time_from": key, "timing": timing, 
+    write_json(results / "miniature.json", {"equal_time_from": key, "timing": timing,
         "protocol": {"eval_at_steps": EVAL_AT, "fid_num": FID_NUM, "ref_num": REF_NUM,
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
                      "sweep": SWEEP, "sweep_num": SWEEP_NUM, "threads": torch.get_num_threads()},
