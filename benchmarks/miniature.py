@@ -89,26 +89,37 @@ def score(run: Path, settings: EvalSettings, ref, inception, out_dir: Path | Non
     return evaluate(model, cfg, meta, settings, ref, "cpu", inception, out_dir)
 
 
-def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int) -> dict:
+def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int, record_path: Path) -> dict:
+    """Train and score ``v`` at each evaluation point up to ``until``; its record is rewritten at
+    ``record_path`` after every point (so a run cut off keeps what it finished). A point already in
+    that record (an earlier session's, whose run folder is gone) is kept, not recomputed."""
     run = out / v.name
-    points = []
+    earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    known = {p["step"]: p for p in earlier.get("points", [])}
+    record = {"variant": v.name, "preset": v.preset, "overrides": v.overrides, "removes": v.removes,
+              "params": count_params(variant_config(v, EVAL_AT[-1]).model), "points": [],
+              **({"guided": earlier["guided"]} if "guided" in earlier else {})}
     for steps in (s for s in EVAL_AT if s <= until):
         cache = run / f"eval_step{steps}.json"
+        if not cache.is_file() and steps in known:
+            write_json(cache, known[steps])
         if cache.is_file():
-            points.append(json.loads(cache.read_text()))
+            record["points"].append(json.loads(cache.read_text()))
             continue
         print(f"== {v.name}: train to step {steps}", flush=True)
         trained = train_to(v, run, steps)
         result = score(run, EvalSettings(num=FID_NUM, cfg=1.0, steps=SAMPLE_STEPS, method="heun",
                                          batch_size=100), ref, inception, run / f"eval_step{steps}")
         point = {**trained, **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
-                 "eval_seconds": result["seconds"]}
+                 "eval_seconds": result["seconds"], "threads": torch.get_num_threads(), "machine": machine()}
         write_json(cache, point)
         print(json.dumps({"variant": v.name, **point}), flush=True)
-        points.append(point)
-    record = {"variant": v.name, "preset": v.preset, "overrides": v.overrides, "removes": v.removes,
-              "params": count_params(variant_config(v, EVAL_AT[-1]).model), "points": points,
-              "config": read_config(run)}
+        record["points"].append(point)
+        write_json(record_path, {**record, "config": read_config(run)})
+    if (run / "config.yaml").is_file():
+        record["config"] = read_config(run)
+    else:
+        record["config"] = earlier.get("config")
     if guided and until >= EVAL_AT[-1]:
         record["guided"] = guided_eval(run, ref, inception)
     return record
@@ -186,7 +197,8 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
     write_json(results / "miniature.json", {"equal_time_from": key, "timing": timing,
         "protocol": {"eval_at_steps": EVAL_AT, "fid_num": FID_NUM, "ref_num": REF_NUM,
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
-                     "sweep": SWEEP, "sweep_num": SWEEP_NUM, "threads": torch.get_num_threads()},
+                     "sweep": SWEEP, "sweep_num": SWEEP_NUM,
+                     "threads": "per point (torch threads of its training and scoring)"},
         "variants": records})
     base = next((r for r in records if r["variant"] == "jit-tiny"), None)
     t_jit = base["points"][-1][key] if base else None
@@ -283,8 +295,8 @@ def main(argv=None) -> None:
     chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
     for v in chosen:
         t = time.time()
-        record = run_variant(v, out, ref, inception, args.guided, args.until)
-        write_json(results / "miniature" / f"{v.name}.json", record)
+        record_path = results / "miniature" / f"{v.name}.json"
+        write_json(record_path, run_variant(v, out, ref, inception, args.guided, args.until, record_path))
         grid = out / v.name / f"eval_step{EVAL_AT[-1]}" / "samples_cfg1.png"
         if grid.is_file():
             (results / "miniature" / f"{v.name}.png").write_bytes(grid.read_bytes())

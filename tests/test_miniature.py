@@ -97,3 +97,39 @@ def test_timing_measures_every_variant_in_alternating_rounds(monkeypatch):
         assert len(rounds) == 2 and min(rounds) > 0
         assert timing["sec_per_step"][name] == pytest.approx(sum(rounds) / 2, abs=1e-4)  # the median
     assert timing["steps"] == 2 and timing["warmup"] == 1 and timing["machine"]
+
+
+def test_a_variant_keeps_finished_points_and_saves_its_record_after_each(monkeypatch, tmp_path):
+    """An earlier session's point (its run folder gone) is reused, not recomputed; each new point is
+    in the record on disk as soon as it is scored; a guided result already there is kept."""
+    trained, saved_after = [], []
+    record_path = tmp_path / "results" / "vco-no_rms.json"
+
+    def fake_train(v, run, steps):
+        trained.append(steps)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.yaml").write_text("model: {fusion: dual_stream}\n")
+        return {"step": steps, "seconds": steps / 2}
+
+    def fake_score(run, settings, ref, inception, out_dir=None):
+        if record_path.is_file():
+            saved_after.append([p["step"] for p in json.loads(record_path.read_text())["points"]])
+        return {"fid": 30.0, "precision": 0.5, "recall": 0.4, "kid": 0.01, "kid_std": 0.001, "seconds": 9.0}
+
+    monkeypatch.setattr(miniature, "train_to", fake_train)
+    monkeypatch.setattr(miniature, "score", fake_score)
+    record_path.parent.mkdir()
+    earlier = {"points": [point(900, 450, 55.0)], "config": {"old": True}, "guided": {"fid": 1.0, "w": 1.5}}
+    record_path.write_text(json.dumps(earlier))
+    v = miniature.BY_NAME["vco-no_rms"]
+    record = miniature.run_variant(v, tmp_path / "runs", None, None, False, 1800, record_path)
+    assert trained == [1800]                                   # step 900 came from the record
+    assert [p["fid"] for p in record["points"]] == [55.0, 30.0]
+    assert record["points"][1]["threads"] >= 1 and record["points"][1]["machine"]
+    assert json.loads(record_path.read_text())["points"][1]["step"] == 1800   # saved once scored
+    assert saved_after == [[900]]                              # (scoring 1800 saw 900 saved)
+    assert json.loads(record_path.read_text())["guided"] == earlier["guided"]
+    assert record["guided"] == earlier["guided"] and record["config"] == {"model": {"fusion": "dual_stream"}}
+    # A second call finds both points cached: nothing is trained again.
+    miniature.run_variant(v, tmp_path / "runs", None, None, False, 1800, record_path)
+    assert trained == [1800]
