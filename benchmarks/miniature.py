@@ -67,12 +67,16 @@ LOG_EVERY = 10
 TARGET_FID = 40                 # the issue's goal for jit-tiny within 30 minutes of training
 TIME_WARMUP, TIME_STEPS, TIME_ROUNDS = 5, 20, 2   # --time: steps per variant and round
 TIMING_FILE = "timing.json"     # under docs/results/miniature/
+BUDGET_STEP_CAP = 100_000       # --minutes: the time limit ends the run long before this
+
+
+def cfg_overrides(v: Variant, steps: int) -> list[str]:
+    return [f"train.steps={steps}", f"train.log_every={LOG_EVERY}", "train.precision=fp32",
+            "data.name=fashion-mnist", f"sampler.steps={SAMPLE_STEPS}", *v.overrides]
 
 
 def variant_config(v: Variant, steps: int):
-    common = [f"train.steps={steps}", f"train.log_every={LOG_EVERY}", "train.precision=fp32",
-              "data.name=fashion-mnist", f"sampler.steps={SAMPLE_STEPS}"]
-    return build_config(v.preset, overrides=common + v.overrides)
+    return build_config(v.preset, overrides=cfg_overrides(v, steps))
 
 
 def train_to(v: Variant, run: Path, steps: int) -> dict:
@@ -123,6 +127,33 @@ def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int,
     if guided and until >= EVAL_AT[-1]:
         record["guided"] = guided_eval(run, ref, inception)
     return record
+
+
+def run_budget(v: Variant, out: Path, ref, inception, minutes: float) -> dict:
+    """Train ``v`` for ``minutes`` of wall time (its preset's lr is constant after warmup, so the
+    steps that fit are the same run as the protocol's, only longer), then score it as the
+    protocol does. A stopped run resumes from its checkpoint with the minutes it has left."""
+    run = out / f"{v.name}-{minutes:g}min"
+    cache = run / "eval_final.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    metrics = run / "metrics.jsonl"
+    used = training_seconds(metrics, LOG_EVERY) if metrics.is_file() else 0.0
+    if used < minutes * 60:
+        print(f"== {v.name}: train for {minutes:g} min ({used / 60:.1f} done)", flush=True)
+        cfg = build_config(v.preset, overrides=[*cfg_overrides(v, BUDGET_STEP_CAP),
+                                                f"train.time_limit_min={(minutes * 60 - used) / 60:.4f}"])
+        Trainer(cfg, run, resume=(run / "checkpoint.json").is_file()).train(progress=True)
+    step = json.loads((run / "checkpoint.json").read_text())["step"]
+    result = score(run, EvalSettings(num=FID_NUM, cfg=1.0, steps=SAMPLE_STEPS, method="heun", batch_size=100),
+                   ref, inception, run / "eval_final")
+    point = {"variant": v.name, "minutes": minutes, "step": step,
+             "seconds": round(training_seconds(metrics, LOG_EVERY), 1),
+             **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
+             "eval_seconds": result["seconds"], "threads": torch.get_num_threads(), "machine": machine(),
+             "precision_trained": "fp32", "config": read_config(run)}
+    write_json(cache, point)
+    return point
 
 
 def guided_eval(run: Path, ref, inception) -> dict:
@@ -190,7 +221,8 @@ def at_equal_time(record: dict, seconds: float, key: str = "seconds") -> dict:
     return within[-1] if within else record["points"][0]
 
 
-def write_outputs(records: list[dict], results: Path, timing: dict | None = None) -> None:
+def write_outputs(records: list[dict], results: Path, timing: dict | None = None, budgets=()) -> None:
+    """miniature.{json,md,png}: the protocol's records, and the runs trained for a time budget."""
     timed_seconds(records, timing)
     # Equal time on the one-sitting rates when every variant has one, else on the runs' clocks.
     key = "timed_seconds" if all(p["timed_seconds"] for r in records for p in r["points"]) else "seconds"
@@ -199,7 +231,7 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
                      "sweep": SWEEP, "sweep_num": SWEEP_NUM,
                      "threads": "per point (torch threads of its training and scoring)"},
-        "variants": records})
+        "variants": records, "budget_runs": [{k: b[k] for k in b if k != "config"} for b in budgets]})
     base = next((r for r in records if r["variant"] == "jit-tiny"), None)
     t_jit = base["points"][-1][key] if base else None
     lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",
@@ -231,14 +263,20 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
     if t_jit and any(r["points"][0][key] > 1.05 * t_jit for r in records):
         lines += ["", f"† even this variant's first evaluation point took longer than JiT's whole run "
                       f"({t_jit / 60:.0f} min): the FID against training time is in miniature.png."]
+    if budgets:
+        lines += ["", "Trained for a time budget instead of the steps (`--minutes`; the same preset, lr and "
+                      "EMA, fp32, scored as above; the run's own clock on a quiet machine):", "",
+                  "| variant | budget | steps | FID | precision | recall | machine |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['variant']} | {b['minutes']:g} min | {b['step']} | {b['fid']:.2f} | {b['precision']:.3f} | "
+                  f"{b['recall']:.3f} | {b['machine']} |" for b in budgets]
     pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
     if pending:
         lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]
     (results / "miniature.md").write_text("\n".join(lines) + "\n")
-    plot(records, results / "miniature.png", key)
+    plot(records, results / "miniature.png", key, budgets)
 
 
-def plot(records: list[dict], path: Path, key: str = "seconds") -> None:
+def plot(records: list[dict], path: Path, key: str = "seconds", budgets=()) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -251,6 +289,12 @@ def plot(records: list[dict], path: Path, key: str = "seconds") -> None:
             for x, p in zip(xs, pts):
                 ax.annotate(f"{p['fid']:.1f}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=line.get_color())
+    for b in budgets:
+        axes[0].plot([b["seconds"] / 60], [b["fid"]], "*", ms=11, label=f"{b['variant']}, {b['minutes']:g} min budget")
+        axes[0].annotate(f"{b['fid']:.1f}", (b["seconds"] / 60, b["fid"]), textcoords="offset points",
+                         xytext=(4, 4), fontsize=7)
+    if budgets:
+        axes[0].legend(fontsize=8)
     axes[0].set_xlabel("training time (min, 2-core CPU" + (", one-sitting rates)" if key == "timed_seconds" else ")"))
     axes[1].set_xlabel("optimizer steps")
     for ax in axes:
@@ -274,6 +318,9 @@ def main(argv=None) -> None:
     ap.add_argument("--until", type=int, default=EVAL_AT[-1],
                     help="stop each variant after its evaluation at this step (continue later)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--minutes", type=float, default=0,
+                    help="instead of the protocol's steps: train each chosen variant for this many minutes "
+                         "(fp32), then score it (jit-tiny's FID target is for 30)")
     ap.add_argument("--time", action="store_true",
                     help="only time every variant's training step in one sitting (for the equal-time column)")
     args = ap.parse_args(argv)
@@ -293,6 +340,16 @@ def main(argv=None) -> None:
     inception = InceptionFeatures("cpu")
     ref = load_reference(reference(out, {"ref_num": REF_NUM}, inception, image_size=28))
     chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
+    if args.minutes:
+        for v in chosen:
+            point = run_budget(v, out, ref, inception, args.minutes)
+            write_json(results / "miniature" / f"{v.name}-{args.minutes:g}min.json", point)
+            grid = out / f"{v.name}-{args.minutes:g}min" / "eval_final" / "samples_cfg1.png"
+            if grid.is_file():
+                (results / "miniature" / f"{v.name}-{args.minutes:g}min.png").write_bytes(grid.read_bytes())
+            print(json.dumps({k: point[k] for k in ("variant", "minutes", "step", "seconds", "fid")}), flush=True)
+        report(results)
+        return
     for v in chosen:
         t = time.time()
         record_path = results / "miniature" / f"{v.name}.json"
@@ -308,9 +365,10 @@ def main(argv=None) -> None:
 def report(results: Path) -> None:
     records = [json.loads(p.read_text()) for v in VARIANTS
                if (p := results / "miniature" / f"{v.name}.json").is_file()]
+    budgets = [json.loads(p.read_text()) for p in sorted((results / "miniature").glob("*min.json"))]
     timing = results / "miniature" / TIMING_FILE
     if records:
-        write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None)
+        write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None, budgets)
         print(f"{len(records)}/{len(VARIANTS)} variants -> {results / 'miniature.md'}", flush=True)
 
 

@@ -133,3 +133,38 @@ def test_a_variant_keeps_finished_points_and_saves_its_record_after_each(monkeyp
     # A second call finds both points cached: nothing is trained again.
     miniature.run_variant(v, tmp_path / "runs", None, None, False, 1800, record_path)
     assert trained == [1800]
+
+
+def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path):
+    run = tmp_path / "runs" / "jit-tiny-30min"
+    run.mkdir(parents=True)
+    # An earlier segment trained 10 minutes (to step 100) before it was stopped.
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": 6.0 * s}) + "\n"
+                                               for s in range(10, 101, 10)))
+    (run / "checkpoint.json").write_text(json.dumps({"step": 100}))
+    (run / "config.yaml").write_text("train: {steps: 100000}\n")
+    calls = []
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir, resume=False):
+            calls.append((cfg.train.time_limit_min, cfg.train.steps, cfg.train.precision, resume))
+
+        def train(self, progress=True):
+            (run / "checkpoint.json").write_text(json.dumps({"step": 300}))
+
+    monkeypatch.setattr(miniature, "Trainer", FakeTrainer)
+    monkeypatch.setattr(miniature, "score", lambda *a, **k: {"fid": 38.0, "precision": 0.4, "recall": 0.4,
+                                                            "kid": 0.02, "kid_std": 0.001, "seconds": 5.0})
+    v = miniature.BY_NAME["jit-tiny"]
+    point = miniature.run_budget(v, tmp_path / "runs", None, None, 30)
+    assert len(calls) == 1
+    limit, steps, precision, resume = calls[0]
+    assert limit == pytest.approx(20.0, abs=1e-3) and resume and precision == "fp32"
+    assert steps == miniature.BUDGET_STEP_CAP
+    assert (point["step"], point["fid"], point["minutes"]) == (300, 38.0, 30)
+    assert miniature.run_budget(v, tmp_path / "runs", None, None, 30) == point and len(calls) == 1   # cached
+    # The report lists it and the JSON keeps it.
+    recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6, "points": [{**point, "step": 900, "seconds": 600}]}]
+    miniature.write_outputs(recs, tmp_path, None, [point])
+    assert "| jit-tiny | 30 min | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
+    assert json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]["step"] == 300
