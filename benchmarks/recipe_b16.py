@@ -87,6 +87,17 @@ def sample_pair(trainer: Trainer) -> float:
                                              cfg.diffusion.t_eps, times), trainer.device)
 
 
+def profiled(step, rows: int) -> str:
+    """torch.profiler's table of two more training steps, the ``rows`` ops of most own time."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        for _ in range(2):
+            step()
+    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def run_one(precision: str, args) -> dict:
     torch.manual_seed(0)
     cfg = build_config("vco-b16", overrides=RECIPE + [f"train.precision={precision}",
@@ -99,11 +110,12 @@ def run_one(precision: str, args) -> dict:
         steps = [timed(lambda: trainer.train_step([next(loader)]), trainer.device)
                  for _ in range(args.repeats)]
         parts = [step_parts(trainer, next(loader)) for _ in range(args.repeats)]
+        profile = profiled(lambda: trainer.train_step([next(loader)]), args.profile) if args.profile else None
         for _ in range(args.warmup):
             sample_pair(trainer)
         pairs = [sample_pair(trainer) for _ in range(args.repeats)]
     med = {k: statistics.median(p[k] for p in parts) for k in parts[0]}
-    return {"precision": precision, "train_s": statistics.median(steps), "parts_s": med,
+    return {"precision": precision, "train_s": statistics.median(steps), "parts_s": med, "profile": profile,
             "sample_pair_s": statistics.median(pairs), "threads": torch.get_num_threads(),
             "device": str(trainer.device), "native_bf16": trainer.device.type == "cuda" or cpu_has_bf16()}
 
@@ -125,6 +137,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. train.compile=true")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="also profile two training steps and print the ROWS ops of most own time")
     ap.add_argument("--one", help=argparse.SUPPRESS)          # internal: one precision, JSON out
     args = ap.parse_args()
     if args.one:
@@ -138,7 +152,8 @@ def main() -> None:
     results = []
     for precision in precisions:
         cmd = [sys.executable, __file__, "--one", precision, "--warmup", str(args.warmup),
-               "--repeats", str(args.repeats), "--device", args.device, "--set", *args.set]
+               "--repeats", str(args.repeats), "--device", args.device, "--profile", str(args.profile),
+               "--set", *args.set]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode or line is None:
@@ -147,6 +162,8 @@ def main() -> None:
         r = results[-1]
         print(f"{precision}: train step {r['train_s']:.2f} s, CFG pair {r['sample_pair_s']:.2f} s, "
               + ", ".join(f"{k} {v:.2f}" for k, v in r["parts_s"].items()), flush=True)
+        if r["profile"]:
+            print(f"{precision}: where two training steps spend their time\n{r['profile']}", flush=True)
     print(table(results))
     best = results[-1]
     print(f"recipe_b16 train_s={best['train_s']:.3f} sample_pair_s={best['sample_pair_s']:.3f} "
