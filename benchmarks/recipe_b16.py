@@ -94,7 +94,7 @@ def profiled(step, rows: int) -> str:
     with profile(activities=acts) as prof:
         for _ in range(2):
             step()
-    key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows)
 
 
