@@ -31,11 +31,21 @@ def test_the_demo_budget_covers_training_and_sampling(tmp_path):
     cfg = load_config(tmp_path / "demo" / "run" / "config.yaml")
     tc = cfg.train
     assert tc.lr_schedule == "constant" and tc.lr_decay_steps == tc.steps >= r["final_step"]
+    assert cfg.model.pixel_head["name"] == "conv"             # a new demo run opts in to the conv head
     assert r["final_step"] >= 0.5 * tc.steps                  # the time limit did not cut it short
     assert r["replanned_step"] == tc.steps                    # the re-planned end is the one recorded
     rows = [json.loads(line) for line in (tmp_path / "demo" / "run" / "metrics.jsonl").read_text().splitlines()]
     base = rows[-1]["lr"] / lr_at(rows[-1]["step"] - 1, 1.0, tc.warmup_steps, "constant", tc.steps)
     assert base == pytest.approx(1e-3)                        # the demo's peak lr
+
+
+def test_a_continued_demo_keeps_the_head_its_run_was_built_with(tmp_path):
+    kw = dict(batch_size=8, per_class=1, sample_steps=2, data="synthetic")
+    run_demo(tmp_path / "d", "jit-tiny", minutes=0.4, extra=[*TINY, "pixel_head=linear"], **kw)
+    r = run_demo(tmp_path / "d", "jit-tiny", minutes=0.4, extra=TINY, **kw)
+    from vco.config import load_config
+    assert load_config(tmp_path / "d" / "run" / "config.yaml").model.pixel_head["name"] == "linear"
+    assert r["final_step"] > r["steps"]                       # it continued the earlier run's steps
 
 
 def test_a_budget_too_small_for_sampling_is_a_clear_error(tmp_path):

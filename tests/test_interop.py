@@ -23,6 +23,7 @@ from vco.interop import official as O
 from vco.interop.official_keys import (BUFFER, FROZEN_COPY, LOSS_DINO, LOSS_ENCODER, POS_EMBED, SEMANTIC_DINO,
                                        SEMANTIC_ENCODER, WEIGHT)
 from vco.models import build_model
+from vco.nn.layers import unpatchify
 from vco.semantic.dinov2 import V4_TO_V5
 
 # The key list of the released B/16 checkpoint (names and shapes)
@@ -540,6 +541,7 @@ def test_swiglu_and_adaln_chunk_orders_with_probe_vectors(tiny_vco):
         h = torch.randn(2, G * G, H)
         want = ref_lin(probe, "net.final_layer.pixels_linear",
                        ref_rms(h, probe["net.final_layer.pixels_norm_final.weight"]) + 1)
+        want = unpatchify(want, m.cfg.patch_size, m.cfg.in_channels)          # the head's image output
         assert torch.allclose(m.pixel_head(h, torch.randn(2, H)), want, atol=1e-5)
 
 

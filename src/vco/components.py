@@ -15,7 +15,7 @@ class ConfigError(ValueError):
     """A config file, preset or override that cannot be used; the message says what to do."""
 
 
-COMPONENTS = ("semantic.aux_loss", "semantic.calibration")
+COMPONENTS = ("model.pixel_head", "semantic.aux_loss", "semantic.calibration")
 
 
 def component_spec(value: Any, path: str) -> dict:

@@ -44,6 +44,9 @@ class ModelConfig:
     proj_dropout: float = 0.0
     semantic_dim: int = 96            # channels of the semantic patch features (V-Co stream)
     semantic_bottleneck: int = 0      # rank of the semantic input projection; 0 = bottleneck_dim
+    # A component (nn/pixel_heads.py): linear (JiT, V-Co) | conv (opt-in: a convolution across
+    # patch borders after the patch decoder)
+    pixel_head: Dict[str, Any] = field(default_factory=lambda: {"name": "linear"})
 
     @property
     def co_denoising(self) -> bool:

@@ -150,6 +150,12 @@ class Replan:
             trainer.record_config()
 
 
+# A new demo run opts in to the convolutional pixel head (src/vco/nn/pixel_heads.py): in the
+# minutes of a demo, JiT's per-patch linear head leaves the 4 px patch grid visible in every
+# sample (docs/results/patch_seams.md). The presets, and so the miniature, keep the paper's head.
+DEMO_HEAD = "model.pixel_head=conv"
+
+
 def demo_overrides(preset: str, batch_size: int, data: str) -> list[str]:
     # Small batches give more optimizer steps in minutes; blr keeps the per-step lr at 1e-3. The
     # lr stays constant after the warmup (the presets' schedule): a cosine to 0 at the budget's
@@ -172,13 +178,14 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
     budget = Budget(minutes * 60, time.time())
     out, run = Path(out), Path(out) / "run"
     overrides = demo_overrides(preset, batch_size, data) + list(extra or [])
-    if (run / "checkpoint.safetensors").exists():
+    if (run / "checkpoint.safetensors").exists():          # its config.yaml keeps its own head
         print(f"continuing the demo run in {run} (delete {out} to start afresh)")
         trainer = Trainer(C.build_config(config_file=run / "config.yaml", overrides=overrides), run,
                           resume=True)
         trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + max_steps)
     else:
-        trainer = Trainer(C.build_config(preset, overrides=overrides + [f"train.steps={max_steps}"]), run)
+        fresh = [*demo_overrides(preset, batch_size, data), DEMO_HEAD, *(extra or []), f"train.steps={max_steps}"]
+        trainer = Trainer(C.build_config(preset, overrides=fresh), run)
     cfg = trainer.cfg
     cfg.sampler.steps = sample_steps
     per_class, predicted = fit_sampling(trainer.model, cfg, per_class, budget.seconds, trainer.device)

@@ -8,8 +8,9 @@ import torch.nn as nn
 
 from ..config import ModelConfig
 from ..nn.attention import JiTBlock, Rope2D
-from ..nn.layers import (BottleneckPatchEmbed, FinalLayer, LabelEmbedder, TimestepEmbedder,
-                         init_jit_weights, sincos_pos_embed_2d, unpatchify)
+from ..nn.layers import (BottleneckPatchEmbed, LabelEmbedder, TimestepEmbedder, init_jit_weights,
+                         sincos_pos_embed_2d)
+from ..nn.pixel_heads import build_pixel_head
 from .unconditional import LabelDropout
 
 
@@ -90,7 +91,7 @@ class JiT(PixelDiffusionTransformer):
         h = cfg.hidden_size
         self.blocks = nn.ModuleList([JiTBlock(h, cfg.num_heads, cfg.mlp_ratio, *self.block_dropouts(i))
                                      for i in range(cfg.depth)])
-        self.final_layer = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
+        self.final_layer = build_pixel_head(cfg)
         self.unconditional = LabelDropout()
         init_jit_weights(self)
 
@@ -107,5 +108,4 @@ class JiT(PixelDiffusionTransformer):
             h = block(h, c, rope)
         if self.uses_in_context:
             h = h[:, cfg.in_context_len:]                   # strip before the head
-        out = self.final_layer(h, c)                        # (B, N, p*p*C)
-        return unpatchify(out, cfg.patch_size, cfg.in_channels), None
+        return self.final_layer(h, c), None                 # (B, C, H, W)

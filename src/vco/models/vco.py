@@ -12,7 +12,8 @@ import torch.nn as nn
 from ..config import ModelConfig
 from .unconditional import build_unconditional
 from ..nn.dual_stream import DualStreamBlock
-from ..nn.layers import FinalLayer, init_jit_weights, unpatchify
+from ..nn.layers import FinalLayer, init_jit_weights
+from ..nn.pixel_heads import build_pixel_head
 from .jit import PixelDiffusionTransformer, in_context_tokens
 
 
@@ -37,7 +38,7 @@ class CoDenoisingTransformer(PixelDiffusionTransformer):
         super().__init__(cfg)
         h = cfg.hidden_size
         self.s_embedder = SemanticEmbed(cfg.semantic_dim, cfg.semantic_bottleneck or cfg.bottleneck_dim, h)
-        self.pixel_head = FinalLayer(h, cfg.patch_size ** 2 * cfg.in_channels)
+        self.pixel_head = build_pixel_head(cfg)
         self.semantic_head = FinalLayer(h, cfg.semantic_dim)
         self.unconditional = build_unconditional(cfg.uncond, cfg.semantic_dim)
 
@@ -59,8 +60,7 @@ class CoDenoisingTransformer(PixelDiffusionTransformer):
 
     def heads(self, pixel: torch.Tensor, semantic: torch.Tensor, c: torch.Tensor):
         """Token states (B, N, H) of each stream -> (x_pred (B, C, H, W), f_pred (B, N, C_s))."""
-        x_pred = unpatchify(self.pixel_head(pixel, c), self.cfg.patch_size, self.cfg.in_channels)
-        return x_pred, self.semantic_head(semantic, c)
+        return self.pixel_head(pixel, c), self.semantic_head(semantic, c)
 
 
 class VCo(CoDenoisingTransformer):
