@@ -177,15 +177,15 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
     from .train import Trainer, load_run_model
     budget = Budget(minutes * 60, time.time())
     out, run = Path(out), Path(out) / "run"
-    overrides = demo_overrides(preset, batch_size, data) + list(extra or [])
+    base, extra = demo_overrides(preset, batch_size, data), list(extra or [])
     if (run / "checkpoint.safetensors").exists():          # its config.yaml keeps its own head
         print(f"continuing the demo run in {run} (delete {out} to start afresh)")
-        trainer = Trainer(C.build_config(config_file=run / "config.yaml", overrides=overrides), run,
+        trainer = Trainer(C.build_config(config_file=run / "config.yaml", overrides=base + extra), run,
                           resume=True)
         trainer.cfg.train.steps = max(trainer.cfg.train.steps, trainer.step + max_steps)
     else:
-        fresh = [*demo_overrides(preset, batch_size, data), DEMO_HEAD, *(extra or []), f"train.steps={max_steps}"]
-        trainer = Trainer(C.build_config(preset, overrides=fresh), run)
+        overrides = [*base, DEMO_HEAD, *extra, f"train.steps={max_steps}"]
+        trainer = Trainer(C.build_config(preset, overrides=overrides), run)
     cfg = trainer.cfg
     cfg.sampler.steps = sample_steps
     per_class, predicted = fit_sampling(trainer.model, cfg, per_class, budget.seconds, trainer.device)
