@@ -16,19 +16,18 @@ from pathlib import Path
 
 import torch
 
-from vco.config import build_config
-from vco.data import build_dataset
+from vco.data import load_fashion_mnist
 from vco.eval.evaluate import write_json
 from vco.eval.seams import patch_seam_ratio
 from vco.sampling import class_labels, generate, save_grid
 from vco.train import load_run_model
 
 ROOT = Path(__file__).resolve().parents[1]
+GRID_PER_CLASS = 6          # samples of each class in the grid (the demo's)
 
 
-def data_ratio(image_size: int, patch: int, name: str = "fashion-mnist-test") -> float:
-    cfg = build_config("jit-tiny", overrides=[f"data.name={name}"])
-    return patch_seam_ratio(build_dataset(cfg.data, image_size, 10).images, patch)
+def data_ratio(image_size: int, patch: int) -> float:
+    return patch_seam_ratio(load_fashion_mnist("test", image_size).images, patch)
 
 
 def run_ratio(run: Path, num: int, steps: int, grid: Path) -> dict:
@@ -36,8 +35,8 @@ def run_ratio(run: Path, num: int, steps: int, grid: Path) -> dict:
     cfg.sampler.steps = steps
     labels = class_labels(num, cfg.model.num_classes)
     images = generate(model, cfg, labels, seed=0, batch_size=100)
-    save_grid(images[:60] if num >= 60 else images, labels[:60] if num >= 60 else labels,
-              meta["class_names"], grid)
+    shown = torch.cat([torch.nonzero(labels == k)[:GRID_PER_CLASS, 0] for k in labels.unique()])
+    save_grid(images[shown], labels[shown], meta["class_names"], grid)
     step = json.loads((run / "checkpoint.json").read_text())["step"]
     return {"run": str(run), "step": step, "pixel_head": cfg.model.pixel_head, "patch": cfg.model.patch_size,
             "image_size": cfg.model.image_size, "seam_ratio": round(patch_seam_ratio(images, cfg.model.patch_size), 4)}
