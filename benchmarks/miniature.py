@@ -34,6 +34,7 @@ from vco.eval import InceptionFeatures, load_reference
 from vco.eval.evaluate import EvalSettings, evaluate, write_json
 from vco.models import count_params
 from vco.train import Trainer, load_run_model
+from vco.train.time_budget import plan_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,25 +130,41 @@ def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int,
     return record
 
 
-def run_budget(v: Variant, out: Path, ref, inception, minutes: float) -> dict:
-    """Train ``v`` for ``minutes`` of wall time (its preset's lr is constant after warmup, so the
-    steps that fit are the same run as the protocol's, only longer), then score it as the
-    protocol does. A stopped run resumes from its checkpoint with the minutes it has left."""
-    run = out / f"{v.name}-{minutes:g}min"
+def budget_name(v: Variant, minutes: float, schedule: str) -> str:
+    return f"{v.name}-{minutes:g}min" + ("" if schedule == "constant" else f"-{schedule}")
+
+
+def run_budget(v: Variant, out: Path, ref, inception, minutes: float, schedule: str = "constant") -> dict:
+    """Train ``v`` for ``minutes`` of wall time, then score it as the protocol does. ``constant``:
+    the preset's lr (constant after warmup), so the steps that fit are the protocol's run, only
+    longer. ``cosine`` / ``linear``: the timed warmup steps say where the budget ends, and the lr
+    decays to 0 there (vco.train.time_budget, as the demo plans). A stopped run resumes from its
+    checkpoint with the minutes it has left; a decayed one keeps the end it planned."""
+    run = out / budget_name(v, minutes, schedule)
     cache = run / "eval_final.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    metrics = run / "metrics.jsonl"
+    metrics, resume = run / "metrics.jsonl", (run / "checkpoint.json").is_file()
     used = training_seconds(metrics, LOG_EVERY) if metrics.is_file() else 0.0
     if used < minutes * 60:
-        print(f"== {v.name}: train for {minutes:g} min ({used / 60:.1f} done)", flush=True)
-        cfg = build_config(v.preset, overrides=[*cfg_overrides(v, BUDGET_STEP_CAP),
-                                                f"train.time_limit_min={(minutes * 60 - used) / 60:.4f}"])
-        Trainer(cfg, run, resume=(run / "checkpoint.json").is_file()).train(progress=True)
+        print(f"== {run.name}: train for {minutes:g} min ({used / 60:.1f} done)", flush=True)
+        limit = f"train.time_limit_min={(minutes * 60 - used) / 60:.4f}"
+        if resume and schedule != "constant":
+            cfg = build_config(config_file=run / "config.yaml", overrides=[limit])
+        else:
+            cfg = build_config(v.preset, overrides=[*cfg_overrides(v, BUDGET_STEP_CAP), limit,
+                                                    f"train.lr_schedule={schedule}"])
+        trainer, replan = Trainer(cfg, run, resume=resume), None
+        if schedule != "constant" and not resume:
+            t = time.time()
+            replan = plan_schedule(trainer, minutes * 60)
+            trainer.cfg.train.time_limit_min = (minutes * 60 - (time.time() - t)) / 60   # the safety net
+            print(f"   lr decays ({schedule}) to 0 at step {replan.planned} (re-planned at step {replan.at})")
+        trainer.train(progress=True, on_step=replan)
     step = json.loads((run / "checkpoint.json").read_text())["step"]
     result = score(run, EvalSettings(num=FID_NUM, cfg=1.0, steps=SAMPLE_STEPS, method="heun", batch_size=100),
                    ref, inception, run / "eval_final")
-    point = {"variant": v.name, "minutes": minutes, "step": step,
+    point = {"variant": v.name, "minutes": minutes, "lr_schedule": schedule, "step": step,
              "seconds": round(training_seconds(metrics, LOG_EVERY), 1),
              **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
              "eval_seconds": result["seconds"], "threads": torch.get_num_threads(), "machine": machine(),
@@ -264,11 +281,13 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
         lines += ["", f"† even this variant's first evaluation point took longer than JiT's whole run "
                       f"({t_jit / 60:.0f} min): the FID against training time is in miniature.png."]
     if budgets:
-        lines += ["", "Trained for a time budget instead of the steps (`--minutes`; the same preset, lr and "
-                      "EMA, fp32, scored as above; the run's own clock on a quiet machine):", "",
-                  "| variant | budget | steps | FID | precision | recall | machine |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {b['variant']} | {b['minutes']:g} min | {b['step']} | {b['fid']:.2f} | {b['precision']:.3f} | "
-                  f"{b['recall']:.3f} | {b['machine']} |" for b in budgets]
+        lines += ["", "Trained for a time budget instead of the steps (`--minutes`; the same preset and EMA, "
+                      "fp32, scored as above; the run's own clock on a quiet machine; lr: the preset's constant "
+                      "one, or decayed to 0 where the budget ends, `--schedule`):", "",
+                  "| variant | budget | lr | steps | FID | precision | recall | machine |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {b['variant']} | {b['minutes']:g} min | {b.get('lr_schedule', 'constant')} | {b['step']} | "
+                  f"{b['fid']:.2f} | {b['precision']:.3f} | {b['recall']:.3f} | {b['machine']} |" for b in budgets]
     pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
     if pending:
         lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]
@@ -290,7 +309,8 @@ def plot(records: list[dict], path: Path, key: str = "seconds", budgets=()) -> N
                 ax.annotate(f"{p['fid']:.1f}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=line.get_color())
     for b in budgets:
-        axes[0].plot([b["seconds"] / 60], [b["fid"]], "*", ms=11, label=f"{b['variant']}, {b['minutes']:g} min budget")
+        axes[0].plot([b["seconds"] / 60], [b["fid"]], "*", ms=11,
+                     label=f"{b['variant']}, {b['minutes']:g} min budget, {b.get('lr_schedule', 'constant')} lr")
         axes[0].annotate(f"{b['fid']:.1f}", (b["seconds"] / 60, b["fid"]), textcoords="offset points",
                          xytext=(4, 4), fontsize=7)
     if budgets:
@@ -321,6 +341,8 @@ def main(argv=None) -> None:
     ap.add_argument("--minutes", type=float, default=0,
                     help="instead of the protocol's steps: train each chosen variant for this many minutes "
                          "(fp32), then score it (jit-tiny's FID target is for 30)")
+    ap.add_argument("--schedule", default="constant", choices=("constant", "cosine", "linear"),
+                    help="--minutes: the preset's constant lr, or one that decays to 0 where the budget ends")
     ap.add_argument("--time", action="store_true",
                     help="only time every variant's training step in one sitting (for the equal-time column)")
     args = ap.parse_args(argv)
@@ -342,11 +364,12 @@ def main(argv=None) -> None:
     chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
     if args.minutes:
         for v in chosen:
-            point = run_budget(v, out, ref, inception, args.minutes)
-            write_json(results / "miniature" / f"{v.name}-{args.minutes:g}min.json", point)
-            grid = out / f"{v.name}-{args.minutes:g}min" / "eval_final" / "samples_cfg1.png"
+            point = run_budget(v, out, ref, inception, args.minutes, args.schedule)
+            name = budget_name(v, args.minutes, args.schedule)
+            write_json(results / "miniature" / f"{name}.json", point)
+            grid = out / name / "eval_final" / "samples_cfg1.png"
             if grid.is_file():
-                (results / "miniature" / f"{v.name}-{args.minutes:g}min.png").write_bytes(grid.read_bytes())
+                (results / "miniature" / f"{name}.png").write_bytes(grid.read_bytes())
             print(json.dumps({k: point[k] for k in ("variant", "minutes", "step", "seconds", "fid")}), flush=True)
         report(results)
         return
@@ -365,7 +388,7 @@ def main(argv=None) -> None:
 def report(results: Path) -> None:
     records = [json.loads(p.read_text()) for v in VARIANTS
                if (p := results / "miniature" / f"{v.name}.json").is_file()]
-    budgets = [json.loads(p.read_text()) for p in sorted((results / "miniature").glob("*min.json"))]
+    budgets = [json.loads(p.read_text()) for p in sorted((results / "miniature").glob("*min*.json"))]
     timing = results / "miniature" / TIMING_FILE
     if records:
         write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None, budgets)

@@ -99,11 +99,11 @@ def test_the_end_is_replanned_once_from_the_measured_rate():
     """30% of the way to the planned end, the steps since training began move the end to where
     the deadline falls: here 0.5 s a step with 85 s left at step 30 -> step 30 + 170."""
     from types import SimpleNamespace
-    import vco.demo as demo
+    from vco.train.time_budget import Replan
     clock = [1000.0]
     tc = SimpleNamespace(steps=100, lr_decay_steps=100)
     trainer = SimpleNamespace(step=0, cfg=SimpleNamespace(train=tc), world=SimpleNamespace(is_main=False))
-    replan = demo.Replan(start=0, end=100, deadline=1000.0 + 100.0, cap=10_000, clock=lambda: clock[0])
+    replan = Replan(start=0, end=100, deadline=1000.0 + 100.0, cap=10_000, clock=lambda: clock[0])
     assert replan.at == 30
     for _ in range(60):                      # the hook runs after every step of 0.5 s
         clock[0] += 0.5
@@ -113,7 +113,7 @@ def test_the_end_is_replanned_once_from_the_measured_rate():
             assert tc.steps == 100           # not before REPLAN_AT of the way
     # the first step (startup included) is left out: rate from step 1 to 30 = 0.5 s a step
     assert replan.replanned == tc.steps == tc.lr_decay_steps == 30 + int(85.0 / 0.5)
-    capped = demo.Replan(start=0, end=100, deadline=1000.0 + 10 ** 6, cap=500, clock=lambda: clock[0])
+    capped = Replan(start=0, end=100, deadline=1000.0 + 10 ** 6, cap=500, clock=lambda: clock[0])
     trainer.step, tc.steps = 0, 100
     for _ in range(40):
         clock[0] += 0.5

@@ -149,7 +149,8 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
         def __init__(self, cfg, run_dir, resume=False):
             calls.append((cfg.train.time_limit_min, cfg.train.steps, cfg.train.precision, resume))
 
-        def train(self, progress=True):
+        def train(self, progress=True, on_step=None):
+            assert on_step is None                    # the constant lr plans no end
             (run / "checkpoint.json").write_text(json.dumps({"step": 300}))
 
     monkeypatch.setattr(miniature, "Trainer", FakeTrainer)
@@ -166,5 +167,5 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
     # The report lists it and the JSON keeps it.
     recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6, "points": [{**point, "step": 900, "seconds": 600}]}]
     miniature.write_outputs(recs, tmp_path, None, [point])
-    assert "| jit-tiny | 30 min | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
+    assert "| jit-tiny | 30 min | constant | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
     assert json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]["step"] == 300
