@@ -156,9 +156,7 @@ def run_budget(v: Variant, out: Path, ref, inception, minutes: float, schedule: 
                                                     f"train.lr_schedule={schedule}"])
         trainer, replan = Trainer(cfg, run, resume=resume), None
         if schedule != "constant" and not resume:
-            t = time.time()
             replan = plan_schedule(trainer, minutes * 60)
-            trainer.cfg.train.time_limit_min = (minutes * 60 - (time.time() - t)) / 60   # the safety net
             print(f"   lr decays ({schedule}) to 0 at step {replan.planned} (re-planned at step {replan.at})")
         trainer.train(progress=True, on_step=replan)
     step = json.loads((run / "checkpoint.json").read_text())["step"]
@@ -388,7 +386,8 @@ def main(argv=None) -> None:
 def report(results: Path) -> None:
     records = [json.loads(p.read_text()) for v in VARIANTS
                if (p := results / "miniature" / f"{v.name}.json").is_file()]
-    budgets = [json.loads(p.read_text()) for p in sorted((results / "miniature").glob("*min*.json"))]
+    folder = results / "miniature"       # budget_name's files: <variant>-<m>min[-<schedule>].json
+    budgets = [json.loads(p.read_text()) for p in sorted([*folder.glob("*min.json"), *folder.glob("*min-*.json")])]
     timing = results / "miniature" / TIMING_FILE
     if records:
         write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None, budgets)

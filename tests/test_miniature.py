@@ -169,3 +169,43 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
     miniature.write_outputs(recs, tmp_path, None, [point])
     assert "| jit-tiny | 30 min | constant | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
     assert json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]["step"] == 300
+
+
+def test_a_decayed_budget_run_plans_its_end_once_and_keeps_it_when_resumed(monkeypatch, tmp_path):
+    """--schedule linear: a new run is time-boxed by plan_schedule over the whole budget and trains
+    with its re-plan hook; resumed, it is rebuilt from its own config.yaml (the end it planned)."""
+    from types import SimpleNamespace
+    planned, trained, hook = [], [], SimpleNamespace(planned=40, at=12)
+
+    class FakeTrainer:
+        def __init__(self, cfg, run_dir, resume=False):
+            self.cfg, self.run_dir, self.resume = cfg, Path(run_dir), resume
+
+        def train(self, progress=True, on_step=None):
+            trained.append((self.resume, self.cfg.train.lr_schedule, self.cfg.train.steps, on_step))
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoint.json").write_text(json.dumps({"step": 40}))
+            (self.run_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "elapsed_s": 60.0}) + "\n")
+            tc = self.cfg.train                         # what the trainer records in its run folder
+            (self.run_dir / "config.yaml").write_text(
+                f"preset: jit-tiny\ntrain: {{steps: {tc.steps}, lr_decay_steps: {tc.lr_decay_steps}, "
+                f"lr_schedule: {tc.lr_schedule}}}\n")
+
+    def fake_plan(trainer, train_s):
+        planned.append(train_s)
+        trainer.cfg.train.steps = trainer.cfg.train.lr_decay_steps = 40
+        return hook
+
+    monkeypatch.setattr(miniature, "Trainer", FakeTrainer)
+    monkeypatch.setattr(miniature, "plan_schedule", fake_plan)
+    monkeypatch.setattr(miniature, "score", lambda *a, **k: {"fid": 50.0, "precision": 0.4, "recall": 0.4,
+                                                            "kid": 0.02, "kid_std": 0.001, "seconds": 5.0})
+    v = miniature.BY_NAME["jit-tiny"]
+    point = miniature.run_budget(v, tmp_path / "runs", None, None, 2, "linear")
+    assert planned == [120] and trained == [(False, "linear", 40, hook)]
+    assert point["lr_schedule"] == "linear" and (tmp_path / "runs" / "jit-tiny-2min-linear").is_dir()
+    # Stopped after one minute: resumed from its config.yaml with the minute left, not re-planned.
+    run = tmp_path / "runs" / "jit-tiny-2min-linear"
+    (run / "eval_final.json").unlink()
+    miniature.run_budget(v, tmp_path / "runs", None, None, 2, "linear")
+    assert planned == [120] and trained[1][:3] == (True, "linear", 40) and trained[1][3] is None

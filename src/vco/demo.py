@@ -140,7 +140,6 @@ def run_demo(out: str | Path, preset: str = "vco-tiny", minutes: float = 9.0, ba
     started = trainer.step
     t_train = time.time()
     replan = plan_schedule(trainer, train_s)
-    trainer.cfg.train.time_limit_min = (train_s - (time.time() - t_train)) / 60   # the safety net
     print(f"{minutes:g} min budget: {train_s / 60:.1f} min of training {cfg.preset} "
           f"({sum(p.numel() for p in trainer.model.parameters()) / 1e6:.1f}M params) to step "
           f"{replan.planned} ({trainer.cfg.train.lr_schedule} lr to that step, re-planned at step {replan.at}), "

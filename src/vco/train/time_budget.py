@@ -35,14 +35,15 @@ def step_seconds(trainer) -> float:
 
 def plan_schedule(trainer, train_s: float) -> "Replan":
     """Time-box the training: the run (and its lr schedule) ends at the step the remaining
-    ``train_s`` seconds reach (measured, not guessed; at most train.steps). Returns the hook
-    that re-plans that end once from the steps trained after the probe."""
+    ``train_s`` seconds reach (measured, not guessed; at most train.steps), and the time limit at
+    that deadline. Returns the hook that re-plans the end once from the steps trained after the probe."""
     t = time.time()
     per_step = step_seconds(trainer)
     tc = trainer.cfg.train
     cap, deadline = tc.steps, t + train_s
     end = min(cap, trainer.step + max(1, int((deadline - time.time()) / per_step)))
     tc.steps = tc.lr_decay_steps = end
+    tc.time_limit_min = (deadline - time.time()) / 60     # the safety net, should the plan run late
     return Replan(trainer.step, end, deadline, cap)
 
 
