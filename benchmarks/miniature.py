@@ -25,10 +25,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ladder import cached, reference, training_seconds
+from miniature_report import (EVAL_AT, FID_NUM, REF_NUM, SAMPLE_STEPS, SWEEP, SWEEP_NUM, TIMING_FILE,
+                              report)
 from vco.config import build_config
 from vco.eval import InceptionFeatures, load_reference
 from vco.eval.evaluate import EvalSettings, evaluate, write_json
@@ -58,16 +59,8 @@ VARIANTS = [
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
 
-# The protocol; the training budget is the preset's own (train.steps, batch, lr, EMA).
-EVAL_AT = (900, 1800)           # steps at which each variant is scored (the last = the preset's)
-FID_NUM, REF_NUM = 2000, 10_000
-SAMPLE_STEPS = 25               # Heun, as the presets sample
-SWEEP = (1.25, 1.5, 2.0, 3.0)   # --guided: w picked on SWEEP_NUM samples of seed 1
-SWEEP_NUM = 200
 LOG_EVERY = 10
-TARGET_FID = 40                 # the issue's goal for jit-tiny within 30 minutes of training
 TIME_WARMUP, TIME_STEPS, TIME_ROUNDS = 5, 20, 2   # --time: steps per variant and round
-TIMING_FILE = "timing.json"     # under docs/results/miniature/
 BUDGET_STEP_CAP = 100_000       # --minutes: the time limit ends the run long before this
 
 
@@ -130,43 +123,59 @@ def run_variant(v: Variant, out: Path, ref, inception, guided: bool, until: int,
     return record
 
 
-def budget_name(v: Variant, minutes: float, schedule: str) -> str:
-    return f"{v.name}-{minutes:g}min" + ("" if schedule == "constant" else f"-{schedule}")
+@dataclass
+class Budget:
+    """A wall-time budget run (``--minutes``) and what it may change from the preset."""
+    minutes: float
+    schedule: str = "constant"   # the lr after warmup: constant (the preset's) | cosine | linear (to 0 at the end)
+    lr: float = 0.0              # the peak lr (0: the preset's)
+    precision: str = "fp32"      # the training precision (bf16: autocast, where the CPU has it natively)
+
+    def overrides(self, v: Variant) -> list[str]:
+        cfg = variant_config(v, BUDGET_STEP_CAP)
+        blr = self.lr * 256 / cfg.train.batch_size if self.lr else cfg.train.blr   # lr = blr x batch / 256
+        return [*cfg_overrides(v, BUDGET_STEP_CAP), f"train.lr_schedule={self.schedule}",
+                f"train.blr={blr:g}", f"train.precision={self.precision}"]
 
 
-def run_budget(v: Variant, out: Path, ref, inception, minutes: float, schedule: str = "constant") -> dict:
-    """Train ``v`` for ``minutes`` of wall time, then score it as the protocol does. ``constant``:
-    the preset's lr (constant after warmup), so the steps that fit are the protocol's run, only
-    longer. ``cosine`` / ``linear``: the timed warmup steps say where the budget ends, and the lr
+def budget_name(v: Variant, b: Budget) -> str:
+    return (f"{v.name}-{b.minutes:g}min" + ("" if b.schedule == "constant" else f"-{b.schedule}")
+            + (f"-lr{b.lr:g}" if b.lr else "") + ("" if b.precision == "fp32" else f"-{b.precision}"))
+
+
+def run_budget(v: Variant, out: Path, ref, inception, b: Budget) -> dict:
+    """Train ``v`` for ``b.minutes`` of wall time, then score it as the protocol does. ``constant``:
+    the preset's lr schedule (constant after warmup), so the steps that fit are the protocol's run,
+    only longer. ``cosine`` / ``linear``: the timed warmup steps say where the budget ends, and the lr
     decays to 0 there (vco.train.time_budget, as the demo plans). A stopped run resumes from its
     checkpoint with the minutes it has left; a decayed one keeps the end it planned."""
-    run = out / budget_name(v, minutes, schedule)
+    run = out / budget_name(v, b)
     cache = run / "eval_final.json"
     if cache.is_file():
         return json.loads(cache.read_text())
     metrics, resume = run / "metrics.jsonl", (run / "checkpoint.json").is_file()
     used = training_seconds(metrics, LOG_EVERY) if metrics.is_file() else 0.0
-    if used < minutes * 60:
-        print(f"== {run.name}: train for {minutes:g} min ({used / 60:.1f} done)", flush=True)
-        limit = f"train.time_limit_min={(minutes * 60 - used) / 60:.4f}"
-        if resume and schedule != "constant":
+    if used < b.minutes * 60:
+        print(f"== {run.name}: train for {b.minutes:g} min ({used / 60:.1f} done)", flush=True)
+        limit = f"train.time_limit_min={(b.minutes * 60 - used) / 60:.4f}"
+        if resume and b.schedule != "constant":
             cfg = build_config(config_file=run / "config.yaml", overrides=[limit])
         else:
-            cfg = build_config(v.preset, overrides=[*cfg_overrides(v, BUDGET_STEP_CAP), limit,
-                                                    f"train.lr_schedule={schedule}"])
+            cfg = build_config(v.preset, overrides=[*b.overrides(v), limit])
         trainer, replan = Trainer(cfg, run, resume=resume), None
-        if schedule != "constant" and not resume:
-            replan = plan_schedule(trainer, minutes * 60)
-            print(f"   lr decays ({schedule}) to 0 at step {replan.planned} (re-planned at step {replan.at})")
+        if b.schedule != "constant" and not resume:
+            replan = plan_schedule(trainer, b.minutes * 60)
+            print(f"   lr decays ({b.schedule}) to 0 at step {replan.planned} (re-plan at step {replan.at})")
         trainer.train(progress=True, on_step=replan)
     step = json.loads((run / "checkpoint.json").read_text())["step"]
     result = score(run, EvalSettings(num=FID_NUM, cfg=1.0, steps=SAMPLE_STEPS, method="heun", batch_size=100),
                    ref, inception, run / "eval_final")
-    point = {"variant": v.name, "minutes": minutes, "lr_schedule": schedule, "step": step,
+    config = read_config(run)
+    point = {"variant": v.name, "minutes": b.minutes, "lr_schedule": b.schedule, "step": step,
              "seconds": round(training_seconds(metrics, LOG_EVERY), 1),
              **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
              "eval_seconds": result["seconds"], "threads": torch.get_num_threads(), "machine": machine(),
-             "precision_trained": "fp32", "config": read_config(run)}
+             "precision_trained": config["train"].get("precision", b.precision), "config": config}
     write_json(cache, point)
     return point
 
@@ -215,116 +224,9 @@ def machine() -> str:
     return f"{cpu_name()}, {torch.get_num_threads()} threads, " + ("native bf16" if cpu_has_bf16() else "AVX2 (no bf16)")
 
 
-def timed_seconds(records: list[dict], timing: dict | None) -> None:
-    """Each point's ``timed_seconds``: its steps at the variant's one-sitting rate (None: not timed)."""
-    rates = (timing or {}).get("sec_per_step", {})
-    for r in records:
-        for p in r["points"]:
-            p["timed_seconds"] = round(p["step"] * rates[r["variant"]], 1) if r["variant"] in rates else None
-
-
 def read_config(run: Path) -> dict:
     import yaml
     return yaml.safe_load((run / "config.yaml").read_text())
-
-
-def at_equal_time(record: dict, seconds: float, key: str = "seconds") -> dict:
-    """The evaluation point with the most training within ``seconds`` (5% slack for timing noise);
-    the first point if even that took longer. key: "seconds" (the run's wall clock) or
-    "timed_seconds" (steps at the one-sitting rate)."""
-    within = [p for p in record["points"] if p[key] <= 1.05 * seconds]
-    return within[-1] if within else record["points"][0]
-
-
-def write_outputs(records: list[dict], results: Path, timing: dict | None = None, budgets=()) -> None:
-    """miniature.{json,md,png}: the protocol's records, and the runs trained for a time budget."""
-    timed_seconds(records, timing)
-    # Equal time on the one-sitting rates when every variant has one, else on the runs' clocks.
-    key = "timed_seconds" if all(p["timed_seconds"] for r in records for p in r["points"]) else "seconds"
-    write_json(results / "miniature.json", {"equal_time_from": key, "timing": timing,
-        "protocol": {"eval_at_steps": EVAL_AT, "fid_num": FID_NUM, "ref_num": REF_NUM,
-                     "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
-                     "sweep": SWEEP, "sweep_num": SWEEP_NUM,
-                     "threads": "per point (torch threads of its training and scoring)"},
-        "variants": records, "budget_runs": [{k: b[k] for k in b if k != "config"} for b in budgets]})
-    base = next((r for r in records if r["variant"] == "jit-tiny"), None)
-    t_jit = base["points"][-1][key] if base else None
-    lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",
-             f"Each variant: its preset's training (batch, lr, EMA, seed: the same data order), fp32; "
-             f"EMA-1 weights; Heun {SAMPLE_STEPS} steps; FID of {FID_NUM} samples ({FID_NUM // 10} per class) "
-             f"against the {REF_NUM} test images. Unguided (w = 1) unless marked. Equal time: each variant at "
-             f"its last evaluation point within JiT's training seconds"
-             + (f" ({t_jit:.0f} s)" if t_jit else "")
-             + (f", each variant's seconds being its steps at the rate measured for all of them in one "
-                f"sitting ({timing['date']}, {timing['machine']}; `--time`)." if key == "timed_seconds"
-                else ", from each run's own clock (not all variants timed in one sitting: `--time`)."), "",
-             "| variant | lacks | params | " + " | ".join(f"FID @ {s} steps" for s in EVAL_AT)
-             + " | s / step | FID @ equal time (step) | guided FID (w) | precision | recall |",
-             "|---|---|---|" + "---|" * len(EVAL_AT) + "---|---|---|---|---|"]
-    for r in records:
-        by_step = {p["step"]: p for p in r["points"]}
-        fids = " | ".join(f"{by_step[s]['fid']:.2f}" if s in by_step else "-" for s in EVAL_AT)
-        last = r["points"][-1]
-        per_step = last[key] / max(last["step"], 1)
-        eq = at_equal_time(r, t_jit, key) if t_jit else None
-        late = eq is not None and eq[key] > 1.05 * t_jit          # even its first point took longer
-        eq_txt = f"{eq['fid']:.2f} ({eq['step']}{', ' + format(eq[key] / 60, '.0f') + ' min †' if late else ''})" \
-            if eq else "-"
-        g = r.get("guided")
-        g_txt = f"{g['fid']:.2f} ({g['w']:g})" if g else "-"
-        pr = g or last
-        lines.append(f"| {r['variant']} | {r['removes']} | {r['params'] / 1e6:.2f}M | {fids} | {per_step:.2f} | "
-                     f"{eq_txt} | {g_txt} | {pr['precision']:.3f} | {pr['recall']:.3f} |")
-    if t_jit and any(r["points"][0][key] > 1.05 * t_jit for r in records):
-        lines += ["", f"† even this variant's first evaluation point took longer than JiT's whole run "
-                      f"({t_jit / 60:.0f} min): the FID against training time is in miniature.png."]
-    if budgets:
-        lines += ["", "Trained for a time budget instead of the steps (`--minutes`; the same preset and EMA, "
-                      "fp32, scored as above; the run's own clock on a quiet machine; lr: the preset's constant "
-                      "one, or decayed to 0 where the budget ends, `--schedule`):", "",
-                  "| variant | budget | lr | steps | FID | precision | recall | machine |",
-                  "|---|---|---|---|---|---|---|---|"]
-        lines += [f"| {b['variant']} | {b['minutes']:g} min | {b.get('lr_schedule', 'constant')} | {b['step']} | "
-                  f"{b['fid']:.2f} | {b['precision']:.3f} | {b['recall']:.3f} | {b['machine']} |" for b in budgets]
-    pending = [v.name for v in VARIANTS if v.name not in {r["variant"] for r in records}]
-    if pending:
-        lines += ["", f"Not yet run: {', '.join(pending)}. `python benchmarks/miniature.py` resumes where it stopped."]
-    (results / "miniature.md").write_text("\n".join(lines) + "\n")
-    plot(records, results / "miniature.png", key, budgets)
-
-
-def plot(records: list[dict], path: Path, key: str = "seconds", budgets=()) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=120)
-    for r in records:
-        pts = r["points"]
-        style = "o-" if r["variant"] in ("jit-tiny", "vco-tiny") else "o--"
-        for ax, xs in ((axes[0], [p[key] / 60 for p in pts]), (axes[1], [p["step"] for p in pts])):
-            line, = ax.plot(xs, [p["fid"] for p in pts], style, label=r["variant"])
-            for x, p in zip(xs, pts):
-                ax.annotate(f"{p['fid']:.1f}", (x, p["fid"]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=line.get_color())
-    for b in budgets:
-        axes[0].plot([b["seconds"] / 60], [b["fid"]], "*", ms=11,
-                     label=f"{b['variant']}, {b['minutes']:g} min budget, {b.get('lr_schedule', 'constant')} lr")
-        axes[0].annotate(f"{b['fid']:.1f}", (b["seconds"] / 60, b["fid"]), textcoords="offset points",
-                         xytext=(4, 4), fontsize=7)
-    if budgets:
-        axes[0].legend(fontsize=8)
-    axes[0].set_xlabel("training time (min, 2-core CPU" + (", one-sitting rates)" if key == "timed_seconds" else ")"))
-    axes[1].set_xlabel("optimizer steps")
-    for ax in axes:
-        ax.axhline(TARGET_FID, color="grey", ls=":", lw=1, label=f"target for jit-tiny ({TARGET_FID})")
-        ax.set_ylabel("FID (2,000 samples, unguided)")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
-    fig.suptitle("Fashion-MNIST 28 px: FID against training time and steps")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None) -> None:
@@ -338,9 +240,12 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--minutes", type=float, default=0,
                     help="instead of the protocol's steps: train each chosen variant for this many minutes "
-                         "(fp32), then score it (jit-tiny's FID target is for 30)")
+                         "(fp32 unless --precision), then score it (jit-tiny's FID target is for 30)")
     ap.add_argument("--schedule", default="constant", choices=("constant", "cosine", "linear"),
                     help="--minutes: the preset's constant lr, or one that decays to 0 where the budget ends")
+    ap.add_argument("--lr", type=float, default=0.0, help="--minutes: the peak lr (default: the preset's)")
+    ap.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                    help="--minutes: the training precision (bf16 autocast; fast only where the CPU has it)")
     ap.add_argument("--time", action="store_true",
                     help="only time every variant's training step in one sitting (for the equal-time column)")
     args = ap.parse_args(argv)
@@ -355,21 +260,22 @@ def main(argv=None) -> None:
     if args.time:
         write_json(results / "miniature" / TIMING_FILE, time_variants(
             [BY_NAME[n] for n in args.only] if args.only else VARIANTS))
-        report(results)
+        report(results, list(BY_NAME))
         return
     inception = InceptionFeatures("cpu")
     ref = load_reference(reference(out, {"ref_num": REF_NUM}, inception, image_size=28))
     chosen = [BY_NAME[n] for n in args.only] if args.only else VARIANTS
     if args.minutes:
         for v in chosen:
-            point = run_budget(v, out, ref, inception, args.minutes, args.schedule)
-            name = budget_name(v, args.minutes, args.schedule)
+            budget = Budget(args.minutes, args.schedule, args.lr, args.precision)
+            point = run_budget(v, out, ref, inception, budget)
+            name = budget_name(v, budget)
             write_json(results / "miniature" / f"{name}.json", point)
             grid = out / name / "eval_final" / "samples_cfg1.png"
             if grid.is_file():
                 (results / "miniature" / f"{name}.png").write_bytes(grid.read_bytes())
             print(json.dumps({k: point[k] for k in ("variant", "minutes", "step", "seconds", "fid")}), flush=True)
-        report(results)
+        report(results, list(BY_NAME))
         return
     for v in chosen:
         t = time.time()
@@ -379,19 +285,8 @@ def main(argv=None) -> None:
         if grid.is_file():
             (results / "miniature" / f"{v.name}.png").write_bytes(grid.read_bytes())
         print(f"{v.name}: done in {(time.time() - t) / 60:.1f} min", flush=True)
-        report(results)
-    report(results)
-
-
-def report(results: Path) -> None:
-    records = [json.loads(p.read_text()) for v in VARIANTS
-               if (p := results / "miniature" / f"{v.name}.json").is_file()]
-    folder = results / "miniature"       # budget_name's files: <variant>-<m>min[-<schedule>].json
-    budgets = [json.loads(p.read_text()) for p in sorted([*folder.glob("*min.json"), *folder.glob("*min-*.json")])]
-    timing = results / "miniature" / TIMING_FILE
-    if records:
-        write_outputs(records, results, json.loads(timing.read_text()) if timing.is_file() else None, budgets)
-        print(f"{len(records)}/{len(VARIANTS)} variants -> {results / 'miniature.md'}", flush=True)
+        report(results, list(BY_NAME))
+    report(results, list(BY_NAME))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ spec = importlib.util.spec_from_file_location("miniature", ROOT / "benchmarks" /
 miniature = importlib.util.module_from_spec(spec)
 sys.modules["miniature"] = miniature
 spec.loader.exec_module(miniature)
+import miniature_report  # noqa: E402  (benchmarks/ is on the path above)
+
+
+def write_outputs(*args):
+    miniature_report.write_outputs(*args, variant_names=list(miniature.BY_NAME))
 
 
 def test_variants_share_the_budget_and_each_lacks_one_ingredient():
@@ -39,9 +44,9 @@ def point(step, seconds, fid):
 
 def test_equal_time_takes_the_last_point_within_the_baselines_seconds():
     rec = {"points": [point(900, 800, 50), point(1800, 1600, 30)]}
-    assert miniature.at_equal_time(rec, 780)["step"] == 900      # 5% slack: 800 <= 1.05 x 780
-    assert miniature.at_equal_time(rec, 1600)["step"] == 1800
-    assert miniature.at_equal_time(rec, 100)["step"] == 900      # nothing within: the first point
+    assert miniature_report.at_equal_time(rec, 780)["step"] == 900      # 5% slack: 800 <= 1.05 x 780
+    assert miniature_report.at_equal_time(rec, 1600)["step"] == 1800
+    assert miniature_report.at_equal_time(rec, 100)["step"] == 900      # nothing within: the first point
 
 
 def test_outputs_list_finished_variants_and_the_pending_ones(tmp_path):
@@ -50,7 +55,7 @@ def test_outputs_list_finished_variants_and_the_pending_ones(tmp_path):
             {"variant": "vco-tiny", "removes": "none", "params": 8e6,
              "points": [point(900, 1200, 40), point(1800, 2400, 25)],
              "guided": {"fid": 20.0, "w": 1.5, "precision": 0.6, "recall": 0.3}}]
-    miniature.write_outputs(recs, tmp_path)
+    write_outputs(recs, tmp_path)
     table = (tmp_path / "miniature.md").read_text()
     vco_row = next(line for line in table.splitlines() if line.startswith("| vco-tiny "))
     assert "| 40.00 | 25.00 |" in vco_row and "40.00 (900)" in vco_row   # equal time: JiT's 1200 s
@@ -68,18 +73,18 @@ def test_equal_time_uses_the_one_sitting_rates_when_every_variant_has_one(tmp_pa
              "points": [point(900, 600, 50), point(1800, 1200, 35)]},
             {"variant": "vco-tiny", "removes": "none", "params": 8e6,
              "points": [point(900, 500, 40), point(1800, 1000, 25)]}]
-    miniature.write_outputs(recs, tmp_path)                      # no timing: the clocks
+    write_outputs(recs, tmp_path)                      # no timing: the clocks
     row = lambda: next(x for x in (tmp_path / "miniature.md").read_text().splitlines() if x.startswith("| vco-tiny "))
     assert "25.00 (1800)" in row()
     timing = {"sec_per_step": {"jit-tiny": 0.5, "vco-tiny": 1.0}, "date": "today", "machine": "this CPU"}
-    miniature.write_outputs(recs, tmp_path, timing)
+    write_outputs(recs, tmp_path, timing)
     assert "40.00 (900)" in row() and "| 1.00 |" in row()     # s / step: the timed rate
     saved = json.loads((tmp_path / "miniature.json").read_text())
     assert saved["equal_time_from"] == "timed_seconds" and saved["timing"] == timing
     assert [p["timed_seconds"] for p in saved["variants"][1]["points"]] == [900.0, 1800.0]
     assert [p["seconds"] for p in saved["variants"][1]["points"]] == [500, 1000]   # the clocks kept
     # One variant not timed: every variant falls back to the clocks (no mixing of the two).
-    miniature.write_outputs(recs, tmp_path, {**timing, "sec_per_step": {"jit-tiny": 0.5}})
+    write_outputs(recs, tmp_path, {**timing, "sec_per_step": {"jit-tiny": 0.5}})
     assert "25.00 (1800)" in row()
 
 
@@ -142,7 +147,7 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "elapsed_s": 6.0 * s}) + "\n"
                                                for s in range(10, 101, 10)))
     (run / "checkpoint.json").write_text(json.dumps({"step": 100}))
-    (run / "config.yaml").write_text("train: {steps: 100000}\n")
+    (run / "config.yaml").write_text("train: {steps: 100000, blr: 0.004, batch_size: 64, precision: fp32}\n")
     calls = []
 
     class FakeTrainer:
@@ -157,18 +162,32 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
     monkeypatch.setattr(miniature, "score", lambda *a, **k: {"fid": 38.0, "precision": 0.4, "recall": 0.4,
                                                             "kid": 0.02, "kid_std": 0.001, "seconds": 5.0})
     v = miniature.BY_NAME["jit-tiny"]
-    point = miniature.run_budget(v, tmp_path / "runs", None, None, 30)
+    point = miniature.run_budget(v, tmp_path / "runs", None, None, miniature.Budget(30))
     assert len(calls) == 1
     limit, steps, precision, resume = calls[0]
     assert limit == pytest.approx(20.0, abs=1e-3) and resume and precision == "fp32"
     assert steps == miniature.BUDGET_STEP_CAP
     assert (point["step"], point["fid"], point["minutes"]) == (300, 38.0, 30)
-    assert miniature.run_budget(v, tmp_path / "runs", None, None, 30) == point and len(calls) == 1   # cached
+    assert miniature.run_budget(v, tmp_path / "runs", None, None, miniature.Budget(30)) == point and len(calls) == 1   # cached
     # The report lists it and the JSON keeps it.
     recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6, "points": [{**point, "step": 900, "seconds": 600}]}]
-    miniature.write_outputs(recs, tmp_path, None, [point])
-    assert "| jit-tiny | 30 min | constant | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
+    write_outputs(recs, tmp_path, None, [point])
+    assert "| jit-tiny | 30 min | 0.001 | constant | fp32 | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
     assert json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]["step"] == 300
+
+
+def test_a_budget_sets_its_peak_lr_and_precision_and_names_its_run_by_them():
+    from vco.config import build_config
+    v = miniature.BY_NAME["jit-tiny"]
+    preset = miniature.variant_config(v, 1800).train
+    assert miniature.budget_name(v, miniature.Budget(30)) == "jit-tiny-30min"     # the earlier runs' folders
+    b = miniature.Budget(30, "linear", lr=2e-3, precision="bf16")
+    assert miniature.budget_name(v, b) == "jit-tiny-30min-linear-lr0.002-bf16"
+    train = build_config(v.preset, overrides=b.overrides(v)).train
+    assert train.blr * train.batch_size / 256 == pytest.approx(2e-3)              # the peak lr asked for
+    assert (train.precision, train.lr_schedule, train.batch_size) == ("bf16", "linear", preset.batch_size)
+    same = build_config(v.preset, overrides=miniature.Budget(30).overrides(v)).train
+    assert (same.blr, same.precision, same.lr_schedule) == (preset.blr, "fp32", "constant")
 
 
 def test_a_decayed_budget_run_plans_its_end_once_and_keeps_it_when_resumed(monkeypatch, tmp_path):
@@ -201,11 +220,11 @@ def test_a_decayed_budget_run_plans_its_end_once_and_keeps_it_when_resumed(monke
     monkeypatch.setattr(miniature, "score", lambda *a, **k: {"fid": 50.0, "precision": 0.4, "recall": 0.4,
                                                             "kid": 0.02, "kid_std": 0.001, "seconds": 5.0})
     v = miniature.BY_NAME["jit-tiny"]
-    point = miniature.run_budget(v, tmp_path / "runs", None, None, 2, "linear")
+    point = miniature.run_budget(v, tmp_path / "runs", None, None, miniature.Budget(2, "linear"))
     assert planned == [120] and trained == [(False, "linear", 40, hook)]
     assert point["lr_schedule"] == "linear" and (tmp_path / "runs" / "jit-tiny-2min-linear").is_dir()
     # Stopped after one minute: resumed from its config.yaml with the minute left, not re-planned.
     run = tmp_path / "runs" / "jit-tiny-2min-linear"
     (run / "eval_final.json").unlink()
-    miniature.run_budget(v, tmp_path / "runs", None, None, 2, "linear")
+    miniature.run_budget(v, tmp_path / "runs", None, None, miniature.Budget(2, "linear"))
     assert planned == [120] and trained[1][:3] == (True, "linear", 40) and trained[1][3] is None
