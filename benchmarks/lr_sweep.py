@@ -7,7 +7,8 @@ for ``--steps`` steps at a constant lr after warmup, then scores EMA-1 with ``--
 samples (Heun 25 steps) against the 10,000 Fashion-MNIST test images, as the miniature does but
 with fewer samples (an FID of 500 samples is biased upward: it ranks the lrs, it does not compare
 with the miniature's 2,000-sample figures). Runs resume and scores are cached under ``--out``;
-results: docs/results/lr_sweep/lr_sweep.{md,json,png} (FID against lr, training loss curves).
+results: docs/results/lr_sweep/lr_sweep.{md,json,png} (FID against lr, training loss curves) and
+each run's sample grid beside them.
 """
 from __future__ import annotations
 
@@ -122,6 +123,9 @@ def main(argv=None) -> None:
                      "machine": machine(), "config": read_config(out / name)})
         print(json.dumps({k: rows[-1][k] for k in ("lr", "fid", "final_loss", "train_seconds")}), flush=True)
         write_outputs(rows, Path(args.results), out, args)
+        grid = out / name / "eval" / "samples_cfg1.png"
+        if grid.is_file():
+            (Path(args.results) / f"{name}.png").write_bytes(grid.read_bytes())
 
 
 if __name__ == "__main__":
