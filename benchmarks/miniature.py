@@ -2,6 +2,7 @@
 ingredients, on Fashion-MNIST at its native 28 px, with the CPU presets (jit-tiny, vco-tiny).
 
     python benchmarks/miniature.py [--only jit-tiny vco-tiny] [--until STEP] [--guided] [--threads 2]
+    python benchmarks/miniature.py --only jit-tiny --minutes 30 [--lr 4e-3] [--precision bf16] [--schedule linear]
 
 Every variant trains the preset's steps with the preset's batch, lr and seed (hence the same data
 order) and is scored at ``EVAL_AT`` steps (FID / precision / recall / KID of 2,000 unguided samples,
@@ -12,8 +13,11 @@ step, a CFG sweep on 200 samples of another seed and the 2,000-sample FID at the
 
 Runs continue from their last checkpoint (an evaluation point is reached by resuming the run with
 more steps: a resumed run equals an uninterrupted one) and every finished evaluation is cached, so
-the command can be stopped and restarted at any time. Results: docs/results/miniature.{md,json,png}
-and docs/results/miniature/<variant>.png (sample grids).
+the command can be stopped and restarted at any time. ``--minutes`` trains the chosen variants for
+a wall-time budget instead (optionally at another peak lr, in bf16, or with the lr decayed to 0
+where the budget ends) and scores each once at its end. Results: docs/results/miniature.{md,json,png}
+and docs/results/miniature/<variant>.png (sample grids); the protocol and the report are in
+benchmarks/miniature_report.py.
 """
 from __future__ import annotations
 
