@@ -27,6 +27,7 @@ from vco.eval import InceptionFeatures, load_reference, save_reference
 from vco.eval.evaluate import EvalSettings, evaluate, write_json
 from vco.models import count_params
 from vco.train import Trainer, load_run_model
+from vco.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,7 @@ def training_seconds(metrics: Path, log_every: int = LOG_EVERY) -> float:
     """Wall-clock of the training that the final weights went through: a run interrupted and
     resumed counts each segment only up to the checkpoint the next one resumed from (the steps
     redone after it are counted once)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = read_metrics(metrics)
     segments, current = [], []
     for r in rows:
         if current and r["elapsed_s"] < current[-1]["elapsed_s"]:   # a new train() call began

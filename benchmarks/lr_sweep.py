@@ -24,6 +24,7 @@ from vco.config import build_config
 from vco.eval import InceptionFeatures, load_reference
 from vco.eval.evaluate import EvalSettings, evaluate, write_json
 from vco.train import Trainer, load_run_model
+from vco.train.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "jit-tiny"
@@ -52,7 +53,7 @@ def score(run: Path, num: int, ref, inception) -> dict:
 
 
 def losses(run: Path) -> tuple[list[int], list[float]]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     return [r["step"] for r in rows], [r["loss"] for r in rows]
 
 

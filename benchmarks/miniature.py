@@ -179,7 +179,7 @@ def run_budget(v: Variant, out: Path, ref, inception, b: Budget) -> dict:
              "seconds": round(training_seconds(metrics, LOG_EVERY), 1),
              **{k: result[k] for k in ("fid", "precision", "recall", "kid", "kid_std")},
              "eval_seconds": result["seconds"], "threads": torch.get_num_threads(), "machine": machine(),
-             "precision_trained": config["train"].get("precision", b.precision), "config": config}
+             "precision_trained": config["train"]["precision"], "config": config}
     write_json(cache, point)
     return point
 

@@ -44,7 +44,7 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
                      "sweep": SWEEP, "sweep_num": SWEEP_NUM,
                      "threads": "per point (torch threads of its training and scoring)"},
-        "variants": records, "budget_runs": [{k: b[k] for k in b if k != "config"} for b in budgets]})
+        "variants": records, "budget_runs": [{**{k: b[k] for k in b if k != "config"}, "peak_lr": peak_lr(b)} for b in budgets]})
     base = next((r for r in records if r["variant"] == "jit-tiny"), None)
     t_jit = base["points"][-1][key] if base else None
     lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",
@@ -94,9 +94,9 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
 
 
 def peak_lr(point: dict) -> float:
-    """A budget run's peak lr: recorded, or from its config (lr = blr x batch / 256)."""
+    """A budget run's peak lr, from its config (lr = blr x batch / 256)."""
     train = point["config"]["train"]
-    return point.get("peak_lr") or train["blr"] * train["batch_size"] * train.get("grad_accum", 1) / 256
+    return train["blr"] * train["batch_size"] * train.get("grad_accum", 1) / 256
 
 
 def plot(records: list[dict], path: Path, key: str = "seconds", budgets=()) -> None:

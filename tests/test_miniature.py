@@ -173,7 +173,8 @@ def test_a_budget_run_resumes_with_the_minutes_it_has_left(monkeypatch, tmp_path
     recs = [{"variant": "jit-tiny", "removes": "-", "params": 4e6, "points": [{**point, "step": 900, "seconds": 600}]}]
     write_outputs(recs, tmp_path, None, [point])
     assert "| jit-tiny | 30 min | 0.001 | constant | fp32 | 300 | 38.00 |" in (tmp_path / "miniature.md").read_text()
-    assert json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]["step"] == 300
+    saved = json.loads((tmp_path / "miniature.json").read_text())["budget_runs"][0]
+    assert saved["step"] == 300 and saved["peak_lr"] == pytest.approx(1e-3)   # the lr kept without the config
 
 
 def test_a_budget_sets_its_peak_lr_and_precision_and_names_its_run_by_them():
@@ -208,7 +209,7 @@ def test_a_decayed_budget_run_plans_its_end_once_and_keeps_it_when_resumed(monke
             tc = self.cfg.train                         # what the trainer records in its run folder
             (self.run_dir / "config.yaml").write_text(
                 f"preset: jit-tiny\ntrain: {{steps: {tc.steps}, lr_decay_steps: {tc.lr_decay_steps}, "
-                f"lr_schedule: {tc.lr_schedule}}}\n")
+                f"lr_schedule: {tc.lr_schedule}, precision: {tc.precision}}}\n")
 
     def fake_plan(trainer, train_s):
         planned.append(train_s)

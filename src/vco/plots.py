@@ -1,7 +1,6 @@
 """PNG figures of what a run produced: loss curves from metrics.jsonl."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -9,12 +8,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .train.metrics import read_metrics  # noqa: E402
+
 SKIP = {"step", "lr", "img_per_s", "elapsed_s", "skipped_steps", "grad_norm"}   # not losses
 
 
 def plot_loss_curves(metrics_path: str | Path, out: str | Path) -> Path:
     """Every loss term of metrics.jsonl against the step (log scale), one line each."""
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    records = read_metrics(metrics_path)
     if not records:
         raise ValueError(f"{metrics_path} holds no metrics yet")
     steps = [r["step"] for r in records]

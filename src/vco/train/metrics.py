@@ -10,6 +10,12 @@ from pathlib import Path
 from .loggers import build_loggers
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a metrics.jsonl, in the order written (a resumed run appends after its
+    earlier segments, so steps may repeat)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 class MetricsLog:
     """metrics.jsonl (appended) + the run's loggers; on non-main ranks it writes nothing."""
 

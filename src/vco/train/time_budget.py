@@ -8,8 +8,9 @@ deadline falls. Used by `vco demo` and by the miniature's ``--minutes`` runs.
 """
 from __future__ import annotations
 
-import json
 import time
+
+from .metrics import read_metrics
 
 PROBE_STEPS = 20              # at least this many timed steps size the run (they train it)
 REPLAN_AT = 0.3               # this far to the planned end, the steps since the probe re-plan it
@@ -27,8 +28,7 @@ def step_seconds(trainer) -> float:
     if start >= tc.warmup_steps:          # a continued demo: probe at the peak lr, not the old end's 0
         tc.lr_decay_steps = 10 ** 9
     trainer.train(progress=False)
-    rows = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["step"] > start]
+    rows = [r for r in read_metrics(trainer.run_dir / "metrics.jsonl") if r["step"] > start]
     tc.steps, tc.time_limit_min = target, limit
     return (rows[-1]["elapsed_s"] - rows[0]["elapsed_s"]) / (rows[-1]["step"] - rows[0]["step"])
 
