@@ -409,6 +409,23 @@ def test_cache_matches_fresh_features_for_both_flips(tmp_path):
     assert cache.stats.scale == pytest.approx(separate.scale, rel=1e-6)
 
 
+def test_cache_holds_the_pooled_features_of_both_flips_in_fp32(tmp_path):
+    enc, data = MobileNetV2Encoder(grid=2, weights=WEIGHTS), TinyDataset()
+    cache = build_feature_cache(enc, None, data, tmp_path / "cache", batch_size=2, pooled=True)
+    assert cache.pooled.shape == (5, 2, enc.pooled_dim) and cache.pooled.dtype == np.float32
+    x = data.x.float() / 127.5 - 1
+    with torch.no_grad():
+        fresh = [enc.pooled_features(x), enc.pooled_features(torch.flip(x, dims=[-1]))]
+    idx, flips = torch.tensor([3, 1, 1, 0]), torch.tensor([False, True, False, True])
+    ref = torch.stack([fresh[int(f)][i] for i, f in zip(idx.tolist(), flips.tolist())])
+    torch.testing.assert_close(FeatureCache(tmp_path / "cache").get_pooled(idx, flips), ref,
+                               rtol=1e-5, atol=1e-5 * ref.abs().max().item())   # fp32: batch rounding only
+    # A cache built without them (and any from before they existed) answers None.
+    rebuilt = build_feature_cache(enc, None, data, tmp_path / "cache", batch_size=2)
+    assert rebuilt.meta["pooled_dim"] is None and rebuilt.get_pooled(idx, flips) is None
+    assert not (tmp_path / "cache" / "pooled.npy").exists()
+
+
 def test_cache_refuses_another_dataset_or_encoder(tmp_path):
     enc, data = StubEncoder(), TinyDataset()
     given = FeatureStats(var=torch.ones(16, 8), scale=0.5)

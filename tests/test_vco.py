@@ -183,6 +183,41 @@ def test_training_reads_targets_from_the_feature_cache(tmp_path):
     assert math.isfinite(trainer.train(progress=False)["last_loss"])
 
 
+def test_cached_positives_give_the_same_step_as_computed_ones(tmp_path):
+    """The hybrid loss's real-image features from the cache: the same loss and gradients as the
+    encoder's pass on x, with CFG drops reordering the batch (x_pooled must follow its image)."""
+    import json
+    import shutil
+    from vco.cli import main
+    from vco.train import Trainer
+    ov = ["image_size=16", "hidden_size=32", "depth=3", "num_heads=2", "bottleneck_dim=8",
+          "in_context_len=2", "in_context_start=1", "synthetic_size=32"]
+    assert main(["cache", "--data", "synthetic", "--out", str(tmp_path / "c"), "--set", *ov]) == 0
+    shutil.copytree(tmp_path / "c", tmp_path / "plain")          # the same targets, no positives
+    (tmp_path / "plain" / "pooled.npy").unlink()
+    meta = json.loads((tmp_path / "plain" / "meta.json").read_text())
+    assert meta["pooled_dim"] == 1280                              # MobileNetV2's pooled width
+    (tmp_path / "plain" / "meta.json").write_text(json.dumps({**meta, "pooled_dim": None}))
+    base = {"data.name": "synthetic", "synthetic_size": 32, "batch_size": 8, "classes_per_batch": 2,
+            "precision": "fp32", "semantic_dim": 32, "label_drop_prob": 0.5}
+    runs = {}
+    for name in ("c", "plain"):
+        trainer = Trainer(tiny_vco(**base, **{"semantic.cache": tmp_path / name}), tmp_path / f"run-{name}")
+        randomised(trainer.model)              # x_pred differs per sample (zero-init heads: all equal)
+        batch = next(iter(trainer.loader(0, 1)))
+        images, labels = batch
+        x, _, flipped = trainer.batch(images, labels, trainer.streams(0))
+        _, x_pooled = trainer.semantic.step_inputs(x, trainer.indices(0), flipped)
+        assert (x_pooled is None) == (name == "plain")
+        terms = trainer.train_step([batch])
+        runs[name] = terms, {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    (cached, w_cached), (computed, w_computed) = runs["c"], runs["plain"]
+    assert cached["aux"] > 0 and cached["aux"] == pytest.approx(computed["aux"], rel=1e-5)
+    assert cached["loss"] == pytest.approx(computed["loss"], rel=1e-6)
+    for n in w_cached:                                             # after one AdamW step
+        torch.testing.assert_close(w_cached[n], w_computed[n], rtol=1e-5, atol=1e-6)
+
+
 def test_automatic_feature_cache_is_built_once_and_reused(tmp_path, monkeypatch):
     from vco.train import Trainer
     monkeypatch.setenv("VCO_CACHE", str(tmp_path / "cache"))

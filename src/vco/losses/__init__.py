@@ -37,6 +37,13 @@ def resolved_aux_loss(cfg: Config) -> dict:
     return resolved(AUX_LOSSES, cfg.semantic.aux_loss, "semantic.aux_loss", "hybrid")
 
 
+def reads_pooled_positives(cfg: Config) -> bool:
+    """Whether the configured auxiliary loss compares x_pred's pooled features with the real
+    images' (hybrid, drifting): a feature cache then stores those too."""
+    cls, _ = aux_loss(cfg) if cfg.model.co_denoising else (None, None)
+    return cls is not None and "x_pooled" in cls.optional_inputs
+
+
 def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
     """The objective's terms by slot: "pix" always; "sem" and "aux" for co-denoising models."""
     context = BuildContext(cfg.model, cfg.diffusion, encoder)
@@ -51,6 +58,6 @@ def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
 
 
 __all__ = ["AUX_LOSSES", "BuildContext", "LossTerm", "StepTensors", "build_loss_terms",
-           "aux_loss", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
+           "aux_loss", "reads_pooled_positives", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
            "DriftingLoss", "PixelVLoss", "SemanticVLoss", "hybrid_field", "hybrid_regression_loss",
            "hybrid_loss_from_features"]

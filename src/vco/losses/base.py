@@ -3,8 +3,8 @@
 A term is an ``nn.Module`` that declares the step tensors it reads (``inputs``, names of
 ``StepTensors`` fields) and its options (a dataclass ``Options``, with its paper weight), and
 returns a scalar from ``forward(**inputs)``. The objective (vco.train.objective) passes each term
-exactly the tensors it declares, so a new loss needs no change anywhere else: its file and one
-line in the registry of ``vco.losses``.
+exactly the tensors it declares (``optional_inputs`` as given or None), so a new loss needs no
+change anywhere else: its file and one line in the registry of ``vco.losses``.
 """
 from __future__ import annotations
 
@@ -32,13 +32,14 @@ class StepTensors:
     f_pred: Optional[torch.Tensor] = None    # (B, N, C_s) the model's clean-feature prediction
     f_kept: Optional[torch.Tensor] = None    # (B,) bool: the sample kept its semantic pathway
     hidden: Optional[torch.Tensor] = None    # (B, N, H) pixel tokens after the tapped block
+    x_pooled: Optional[torch.Tensor] = None  # (B, C') the encoder's pooled features of x, when cached
 
-    def select(self, names: tuple[str, ...], term: str) -> dict[str, torch.Tensor]:
+    def select(self, names: tuple[str, ...], term: str, optional: tuple[str, ...] = ()) -> dict:
         missing = [n for n in names if getattr(self, n) is None]
         if missing:
             raise ValueError(f"loss term {term} needs {', '.join(missing)}, which this model does not "
                              f"produce (a single-stream JiT has no semantic stream)")
-        return {n: getattr(self, n) for n in names}
+        return {n: getattr(self, n) for n in names + optional}
 
 
 STEP_TENSORS = tuple(f.name for f in dataclasses.fields(StepTensors))
@@ -61,12 +62,13 @@ class WeightOnly:
 class LossTerm(nn.Module):
     """Base of every term: ``inputs`` it reads, ``Options`` it takes, ``weight`` in the total."""
     inputs: ClassVar[tuple[str, ...]] = ()
+    optional_inputs: ClassVar[tuple[str, ...]] = ()   # passed too, None when the step lacks them
     Options: ClassVar[type] = WeightOnly
     uses_encoder: ClassVar[bool] = False     # works in the frozen semantic encoder's feature space
 
     def __init__(self, options, context: BuildContext):
         super().__init__()
-        unknown = set(self.inputs) - set(STEP_TENSORS)
+        unknown = set(self.inputs + self.optional_inputs) - set(STEP_TENSORS)
         if unknown:
             raise TypeError(f"{type(self).__name__} declares unknown inputs {sorted(unknown)}; "
                             f"a step offers {', '.join(STEP_TENSORS)}")
@@ -84,3 +86,25 @@ class LossTerm(nn.Module):
             raise ValueError(f"{type(self).__name__} works in a frozen encoder's feature space: it "
                              f"needs a co-denoising model with a semantic encoder")
         return context.encoder
+
+
+class PooledFeatureLoss(LossTerm):
+    """A term on the frozen encoder's pooled features of x_pred (with grad through the encoder) and
+    of the real images x (no grad). Those of x come from the feature cache when it holds them
+    (``x_pooled``: the same numbers, computed once per image and flip), else from the encoder."""
+    inputs = ("x_pred", "x", "y")
+    optional_inputs = ("x_pooled",)
+    uses_encoder = True
+
+    def __init__(self, options, context: BuildContext):
+        super().__init__(options, context)
+        self.encoder = self.needs_encoder(context)
+
+    def pooled_pair(self, x_pred: torch.Tensor, x: torch.Tensor,
+                    x_pooled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g (B, C') of x_pred with grad, p (B, C') of x)."""
+        g = self.encoder.pooled_features(x_pred.float())
+        if x_pooled is not None:
+            return g, x_pooled
+        with torch.no_grad():
+            return g, self.encoder.pooled_features(x)

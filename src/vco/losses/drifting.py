@@ -34,7 +34,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .base import BuildContext, LossTerm
+from .base import BuildContext, PooledFeatureLoss
 
 DEFAULT_TEMPERATURES = (0.05, 0.125, 0.5)
 
@@ -129,24 +129,21 @@ class DriftingOptions:
     temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
 
 
-class DriftingLoss(LossTerm):
+class DriftingLoss(PooledFeatureLoss):
     """The drifting loss in a frozen encoder's pooled feature space (gradients flow through the encoder
     into x_pred; the encoder's weights stay frozen)."""
-    inputs = ("x_pred", "x", "y")
     Options = DriftingOptions
-    uses_encoder = True
 
     def __init__(self, options: DriftingOptions, context: BuildContext):
         super().__init__(options, context)
         temperatures = options.temperatures
         if not temperatures or any(t <= 0 for t in temperatures):
             raise ValueError(f"temperatures must be a non-empty list of positive numbers, got {temperatures}")
-        self.encoder = self.needs_encoder(context)
         self.temperatures = tuple(float(t) for t in temperatures)
 
-    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels."""
-        g = self.encoder.pooled_features(x_pred.float())  # (B, C)
-        with torch.no_grad():
-            p = self.encoder.pooled_features(x)
+    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                x_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels, x_pooled
+        (B, C') x's pooled features if cached."""
+        g, p = self.pooled_pair(x_pred, x, x_pooled)      # (B, C) each
         return drifting_loss_from_features(g, p, y, self.temperatures)

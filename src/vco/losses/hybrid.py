@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import BuildContext, LossTerm
+from .base import PooledFeatureLoss
 
 
 def hybrid_field(g: torch.Tensor, p: torch.Tensor, gate_tau: float = 10.0,
@@ -63,20 +63,14 @@ class HybridOptions:
     repulsion_tau: float = 0.2        # repulsion kernel temperature tau_r
 
 
-class HybridLoss(LossTerm):
+class HybridLoss(PooledFeatureLoss):
     """The hybrid loss in a frozen encoder's pooled feature space (gradients flow through the
     encoder into x_pred; the encoder's own weights stay frozen)."""
-    inputs = ("x_pred", "x", "y")
     Options = HybridOptions
-    uses_encoder = True
 
-    def __init__(self, options: HybridOptions, context: BuildContext):
-        super().__init__(options, context)
-        self.encoder = self.needs_encoder(context)
-
-    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels."""
-        g = self.encoder.pooled_features(x_pred.float())
-        with torch.no_grad():
-            p = self.encoder.pooled_features(x)
+    def forward(self, *, x_pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                x_pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """x_pred (B, 3, H, W) with grad, x (B, 3, H, W) real, y (B,) true labels, x_pooled
+        (B, C') x's pooled features if cached."""
+        g, p = self.pooled_pair(x_pred, x, x_pooled)
         return hybrid_loss_from_features(g, p, y, self.options.gate_tau, self.options.repulsion_tau)

@@ -1,10 +1,15 @@
-"""A disk cache of raw patch features, so training does not rerun the frozen encoder every step.
+"""A disk cache of the frozen encoder's view of every real image, so training does not rerun the
+encoder on them every step.
 
 The encoder is frozen and the only data augmentation is a horizontal flip, so every target the semantic
 stream can ever see is one of two feature maps per image. We compute both once and memory-map them.
+The same holds for the pooled features of the real images that the hybrid and drifting losses
+compare x_pred's with (their positives): with ``pooled=True`` they are cached too, in fp32 (768
+numbers an image for DINOv2-B), so a step of the final recipe runs the encoder only on x_pred.
 
 Folder layout (`path` is a directory):
     features.npy       float16, (len(dataset), 2, N, C); [:, 0] = original image, [:, 1] = flipped
+    pooled.npy         float32, (len(dataset), 2, C'): encoder.pooled_features, the same order (optional)
     stats.safetensors  the FeatureStats used with this cache (given, or computed in the same pass)
     meta.json          encoder + dataset description; written last, so its presence means complete
 
@@ -28,6 +33,7 @@ from ..files import atomic_write, atomic_write_text
 from .calibration import FeatureStats, StatsAccumulator, load_stats, save_stats
 
 FEATURES_FILE = "features.npy"
+POOLED_FILE = "pooled.npy"
 STATS_FILE = "stats.safetensors"
 META_FILE = "meta.json"
 CACHE_VERSION = 1
@@ -46,7 +52,7 @@ def dataset_fingerprint(dataset, num_probes: int = 8) -> str:
     return h.hexdigest()[:16]
 
 
-def _describe(encoder, dataset) -> dict:
+def _describe(encoder, dataset, pooled: bool) -> dict:
     return {
         "version": CACHE_VERSION,
         "encoder": encoder.name,
@@ -56,17 +62,21 @@ def _describe(encoder, dataset) -> dict:
         "feature_dim": encoder.feature_dim,
         "dataset_len": len(dataset),
         "dataset_fingerprint": dataset_fingerprint(dataset),
+        "pooled_dim": encoder.pooled_dim if pooled else None,    # None: no pooled.npy
     }
 
 
 @torch.no_grad()
 def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str | os.PathLike,
-                        batch_size: int = 64, device: torch.device | str = "cpu") -> "FeatureCache":
+                        batch_size: int = 64, device: torch.device | str = "cpu",
+                        pooled: bool = False) -> "FeatureCache":
     """Compute raw patch features of every item, unflipped and flipped, into `path` (a directory).
 
     dataset: len(dataset) and dataset[i] -> (uint8 tensor (3, H, W), int label).
     stats: stored with the cache; None computes them in the same pass, over both flips (the images
     training sees), with the RMS scale measured on the same images.
+    pooled: also cache ``encoder.pooled_features`` of both flips (one more encoder pass per view),
+    the positives of the hybrid and drifting losses.
     The encoder is moved to `device`.
     """
     if len(dataset) == 0:
@@ -75,15 +85,17 @@ def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str 
     path.mkdir(parents=True, exist_ok=True)
     (path / META_FILE).unlink(missing_ok=True)  # an interrupted rebuild must not look complete
     encoder.to(device)
-    meta = _describe(encoder, dataset)
+    meta = _describe(encoder, dataset, pooled)
     if stats is not None:
         stats.check_matches(encoder.num_tokens, encoder.feature_dim)
     acc = StatsAccumulator() if stats is None else None
 
     shape = (len(dataset), 2, encoder.num_tokens, encoder.feature_dim)
 
-    def fill(tmp: Path) -> None:
+    def fill(tmp: Path, pooled_tmp: Path | None = None) -> None:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+        pooled_out = None if pooled_tmp is None else np.lib.format.open_memmap(
+            pooled_tmp, mode="w+", dtype=np.float32, shape=(len(dataset), 2, encoder.pooled_dim))
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         start = 0
         for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
@@ -93,12 +105,23 @@ def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str 
                 out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
                 if acc is not None:
                     acc.update(feats, view)
+                if pooled_out is not None:
+                    pooled_out[start:start + len(x), flip] = encoder.pooled_features(view).float().cpu().numpy()
             start += len(x)
-        out.flush()
-        del out
+        for array in (out, pooled_out):
+            if array is not None:
+                array.flush()
+        del out, pooled_out
 
-    # errors of the dataset or the encoder keep their type; I/O errors become a WriteError
-    atomic_write(path / FEATURES_FILE, fill, passthrough=(Exception,))
+    # errors of the dataset or the encoder keep their type; I/O errors become a WriteError.
+    # pooled.npy is renamed into place first; meta.json, written last, marks the folder complete.
+    if pooled:
+        atomic_write(path / FEATURES_FILE, lambda tmp: atomic_write(
+            path / POOLED_FILE, lambda pooled_tmp: fill(tmp, pooled_tmp), passthrough=(Exception,)),
+            passthrough=(Exception,))
+    else:
+        (path / POOLED_FILE).unlink(missing_ok=True)    # not left over from an earlier build
+        atomic_write(path / FEATURES_FILE, fill, passthrough=(Exception,))
 
     if stats is None:
         stats = acc.finalize(encoder=encoder.name)
@@ -123,13 +146,21 @@ class FeatureCache:
         self.meta = json.loads(meta_path.read_text())
         self.features = np.load(self.path / FEATURES_FILE, mmap_mode="r")  # (len, 2, N, C) float16
         expected = (self.meta["dataset_len"], 2, self.meta["num_tokens"], self.meta["feature_dim"])
-        if self.features.shape != expected:
-            raise ValueError(
-                f"{self.path / FEATURES_FILE} has shape {self.features.shape}, but {META_FILE} says {expected}; "
-                "the cache is corrupt: delete the folder and rebuild it"
-            )
+        self._check_shape(FEATURES_FILE, self.features, expected)
+        # (len, 2, C') float32, the pooled features of the real images; None in a cache without them
+        self.pooled = None
+        if self.meta.get("pooled_dim"):
+            self.pooled = np.load(self.path / POOLED_FILE, mmap_mode="r")
+            self._check_shape(POOLED_FILE, self.pooled, (self.meta["dataset_len"], 2, self.meta["pooled_dim"]))
         if dataset is not None or encoder is not None:
             self.check(dataset=dataset, encoder=encoder)
+
+    def _check_shape(self, name: str, array: np.ndarray, expected: tuple) -> None:
+        if array.shape != expected:
+            raise ValueError(
+                f"{self.path / name} has shape {array.shape}, but {META_FILE} says {expected}; "
+                "the cache is corrupt: delete the folder and rebuild it"
+            )
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -156,6 +187,8 @@ class FeatureCache:
         if encoder is not None:
             want.update(encoder=encoder.name, encoder_fingerprint=encoder.fingerprint(), grid=encoder.grid,
                         num_tokens=encoder.num_tokens, feature_dim=encoder.feature_dim)
+            if self.pooled is not None:
+                want["pooled_dim"] = encoder.pooled_dim
         diffs = [f"{k}: cache {self.meta.get(k)!r} vs given {v!r}" for k, v in want.items() if self.meta.get(k) != v]
         if diffs:
             raise ValueError(
@@ -165,10 +198,17 @@ class FeatureCache:
 
     def get(self, indices: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
         """indices (B,) long, flipped (B,) bool -> raw features (B, N, C) float32 (on CPU)."""
+        return self._rows(self.features, indices, flipped)                           # (B, N, C)
+
+    def get_pooled(self, indices: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor | None:
+        """The same items' pooled features (B, C') float32 on CPU; None if the cache has none."""
+        return None if self.pooled is None else self._rows(self.pooled, indices, flipped)
+
+    def _rows(self, array: np.ndarray, indices: torch.Tensor, flipped: torch.Tensor) -> torch.Tensor:
         idx = torch.as_tensor(indices).long().cpu().numpy()
         flip = torch.as_tensor(flipped).bool().cpu().numpy().astype(np.int64)
         if idx.shape != flip.shape or idx.ndim != 1:
             raise ValueError(f"indices {idx.shape} and flipped {flip.shape} must be 1-D and of equal length")
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"cache index out of range [0, {len(self)}): min {idx.min()}, max {idx.max()}")
-        return torch.from_numpy(np.asarray(self.features[idx, flip], dtype=np.float32))  # (B, N, C)
+        return torch.from_numpy(np.asarray(array[idx, flip], dtype=np.float32))

@@ -16,6 +16,12 @@ from . import (FeatureCache, build_calibration, build_encoder, build_feature_cac
 STATS_NAME = "semantic_stats.safetensors"
 
 
+def pooled_positives(cfg: Config) -> bool:
+    """Whether a feature cache for ``cfg`` should also hold the real images' pooled features."""
+    from ..losses import reads_pooled_positives      # the losses build on semantic encoders
+    return reads_pooled_positives(cfg)
+
+
 def encoder_from_config(cfg: Config):
     """The frozen encoder named by ``cfg.semantic``, on the pixel token grid of ``cfg.model``."""
     sc, mc = cfg.semantic, cfg.model
@@ -58,8 +64,9 @@ class SemanticTargets:
                               f"model.semantic_dim is {mc.semantic_dim}: "
                               f"--set semantic_dim={self.encoder.feature_dim}")
         # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
-        # pass for the targets; the hybrid loss still runs the encoder on x_pred.
-        self.cache = self._cache(sc.cache, dataset, device, world) if sc.cache else None
+        # pass for the targets, and, where it holds them, for the real images' pooled features
+        # that the hybrid/drifting loss reads; the loss still runs the encoder on x_pred.
+        self.cache = self._cache(sc.cache, dataset, device, world, pooled_positives(cfg)) if sc.cache else None
         stats = self._stats(cfg, dataset, device, Path(run_dir), world)
         stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
         # Table 4: the measured RMS ratio either scales the features or shifts their clock.
@@ -72,15 +79,16 @@ class SemanticTargets:
         """The semantic stream's clock as a function of the shared t."""
         return self.calibration.stream_time()
 
-    def _cache(self, where: str, dataset, device, world=None) -> FeatureCache:
-        """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset) under
-        $VCO_CACHE (default ~/.cache/vco/features), built on first use and shared by later runs."""
+    def _cache(self, where: str, dataset, device, world=None, pooled: bool = False) -> FeatureCache:
+        """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset, pooled or not)
+        under $VCO_CACHE (default ~/.cache/vco/features), built on first use and shared by later runs."""
         if where != "auto":
             return FeatureCache(where, dataset, self.encoder)
         root = Path(os.environ.get("VCO_CACHE", Path.home() / ".cache" / "vco" / "features"))
-        path = root / f"{self.encoder.name.replace('/', '_')}-{self.encoder.fingerprint()}-{dataset_fingerprint(dataset)}"
+        path = root / (f"{self.encoder.name.replace('/', '_')}-{self.encoder.fingerprint()}-"
+                       f"{dataset_fingerprint(dataset)}{'-pooled' if pooled else ''}")
         if not (path / "meta.json").is_file() and (world is None or world.is_main):
-            build_feature_cache(self.encoder, None, dataset, path, device=device)
+            build_feature_cache(self.encoder, None, dataset, path, device=device, pooled=pooled)
         if world is not None:
             world.barrier()
         return FeatureCache(path, dataset, self.encoder)
@@ -111,6 +119,12 @@ class SemanticTargets:
         else:
             raw = self.encoder.patch_features(x).float()
         return self.stats.normalize(raw)
+
+    def step_inputs(self, x: torch.Tensor, indices: list[int], flipped: torch.Tensor):
+        """(the targets of x, (B, N, C); the encoder's pooled features of x, (B, C'), from a cache
+        that holds them, else None: the auxiliary loss then computes them)."""
+        cached = None if self.cache is None else self.cache.get_pooled(torch.tensor(indices), flipped.cpu())
+        return self.targets(x, indices, flipped), None if cached is None else cached.to(x.device)
 
 
 def stream_times(cfg: Config, num_streams: int) -> list:

@@ -23,7 +23,8 @@ class Objective(nn.Module):
 
     x (B, C, H, W) clean images in [-1, 1]; y (B,) labels; f (B, N, C_s) clean calibrated
     semantic targets for a co-denoising model, else None; rng: the batch's random streams
-    (vco.diffusion.randomness) or a torch.Generator.
+    (vco.diffusion.randomness) or a torch.Generator; x_pooled (B, C'): the frozen encoder's pooled
+    features of x from the feature cache, or None (a term that reads them then runs the encoder).
     """
 
     def __init__(self, model: nn.Module, terms: dict[str, LossTerm], diffusion: DiffusionConfig,
@@ -37,22 +38,28 @@ class Objective(nn.Module):
             raise ValueError(f"loss terms read the hidden tokens of different blocks {sorted(taps)}")
         self.tap_block = taps.pop() if taps else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng) -> dict:
-        step = self.step_tensors(x, y, f, rng)
-        values = {slot: term(**step.select(term.inputs, slot)) for slot, term in self.terms.items()}
+    def forward(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng,
+                x_pooled: torch.Tensor | None = None) -> dict:
+        step = self.step_tensors(x, y, f, rng, x_pooled)
+        values = {slot: term(**step.select(term.inputs, slot, term.optional_inputs))
+                  for slot, term in self.terms.items()}
         loss = sum(term.weight * values[slot] for slot, term in self.terms.items())
         return {"loss": loss, **{slot: v.detach() for slot, v in values.items()}}
 
-    def step_tensors(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng) -> StepTensors:
+    def step_tensors(self, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor | None, rng,
+                     x_pooled: torch.Tensor | None = None) -> StepTensors:
         """Noising and CFG drops, then the model: every tensor the loss terms may read."""
         rng = as_stream(rng, x.device)            # a torch.Generator (tests) or the sample streams
         drops = self.model.unconditional.draw(x.shape[0], self.diffusion, rng)
         noised = noise_batch(x, y, f, drops, self.diffusion, self.num_classes, rng, self.semantic_time)
         if f is not None and bool(drops.semantic.any()):
-            x, y, f, noised = dropped_last(x, y, f, noised)
+            order = torch.argsort(drops.semantic.to(torch.int8), stable=True)
+            x, y, f, noised = dropped_last(x, y, f, noised, order)
+            x_pooled = None if x_pooled is None else x_pooled[order]
         x_pred, f_pred, hidden = self.denoise(noised)
         return StepTensors(x=x, y=y, t=noised.t, z=noised.z, x_pred=x_pred, f=f, t_f=noised.t_f,
-                           z_f=noised.z_f, f_pred=f_pred, f_kept=~noised.drops.semantic, hidden=hidden)
+                           z_f=noised.z_f, f_pred=f_pred, f_kept=~noised.drops.semantic, hidden=hidden,
+                           x_pooled=x_pooled)
 
     def denoise(self, noised: Noised):
         """The model on the noised batch -> (x_pred, f_pred or None, tapped hidden tokens or None)."""
@@ -68,11 +75,11 @@ class Objective(nn.Module):
                 for n, p in term.named_parameters() if p.requires_grad}
 
 
-def dropped_last(x, y, f, noised: Noised):
-    """The semantics-dropped samples moved to the end of the batch: the mask-free attention then
-    needs two SDPA calls per block, not one per run of samples. Every loss term is a mean (per
-    class for the auxiliary losses), so the order changes nothing but the summation order."""
-    order = torch.argsort(noised.drops.semantic.to(torch.int8), stable=True)
+def dropped_last(x, y, f, noised: Noised, order: torch.Tensor):
+    """The semantics-dropped samples moved to the end of the batch (``order``: a stable argsort of
+    the drops): the mask-free attention then needs two SDPA calls per block, not one per run of
+    samples. Every loss term is a mean (per class for the auxiliary losses), so the order changes
+    nothing but the summation order."""
     d = noised.drops
     return x[order], y[order], f[order], Noised(
         noised.t[order], noised.z[order], noised.y_in[order], Drops(d.label[order], d.semantic[order]),

@@ -260,9 +260,9 @@ class Trainer:
             x, y, flipped = self.batch(images, labels, rng)                 # (B, C, H, W) in [-1, 1]
             last = micro == tc.grad_accum - 1                               # gradients sync here only
             with self.gradient_sync(last), autocast(self.precision, self.device):
-                f = None if self.semantic is None else \
-                    self.semantic.targets(x, self.indices(micro), flipped)  # (B, N, C_s)
-                terms = self.forward(x, y, f, rng)     # noising, drops, model, each loss term
+                f, x_pooled = (None, None) if self.semantic is None else \
+                    self.semantic.step_inputs(x, self.indices(micro), flipped)  # (B, N, C_s), (B, C')
+                terms = self.forward(x, y, f, rng, x_pooled)   # noising, drops, model, each loss term
                 (terms["loss"] / tc.grad_accum).backward()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach()) / tc.grad_accum
