@@ -12,7 +12,6 @@ last line ``probe <name>=<accuracy> ...``; writes docs/results/probe.{md,json}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch

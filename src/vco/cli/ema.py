@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import config as C
 from .common import nonnegative_int, positive_float
 
 
