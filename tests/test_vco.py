@@ -230,6 +230,7 @@ def test_automatic_feature_cache_is_built_once_and_reused(tmp_path, monkeypatch)
     second = Trainer(tiny_vco(**base), tmp_path / "b")                 # another run: reused
     assert built[0].stat().st_mtime_ns == stamp
     assert second.semantic.cache.path == first.semantic.cache.path
+    assert first.semantic.cache.pooled is not None                   # the hybrid loss reads them
     images, _ = next(iter(second.loader(0, 1)))
     x = images.float() / 127.5 - 1
     flip = torch.zeros(8, dtype=torch.bool)

@@ -2,6 +2,7 @@
 normalisation -> calibration (Table 4) -> clean features f (B, N, C_s) for the co-denoising stream."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from . import (FeatureCache, build_calibration, build_encoder, build_feature_cac
                dataset_fingerprint, load_stats, save_stats)
 
 STATS_NAME = "semantic_stats.safetensors"
+log = logging.getLogger(__name__)
 
 
 def pooled_positives(cfg: Config) -> bool:
@@ -80,18 +82,24 @@ class SemanticTargets:
         return self.calibration.stream_time()
 
     def _cache(self, where: str, dataset, device, world=None, pooled: bool = False) -> FeatureCache:
-        """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset, pooled or not)
-        under $VCO_CACHE (default ~/.cache/vco/features), built on first use and shared by later runs."""
+        """A `vco cache` folder, or "auto": one cache per (encoder weights, dataset) under
+        $VCO_CACHE (default ~/.cache/vco/features), built on first use and shared by later runs."""
         if where != "auto":
-            return FeatureCache(where, dataset, self.encoder)
-        root = Path(os.environ.get("VCO_CACHE", Path.home() / ".cache" / "vco" / "features"))
-        path = root / (f"{self.encoder.name.replace('/', '_')}-{self.encoder.fingerprint()}-"
-                       f"{dataset_fingerprint(dataset)}{'-pooled' if pooled else ''}")
-        if not (path / "meta.json").is_file() and (world is None or world.is_main):
+            path = Path(where)
+        else:
+            root = Path(os.environ.get("VCO_CACHE", Path.home() / ".cache" / "vco" / "features"))
+            name = self.encoder.name.replace("/", "_")
+            path = root / f"{name}-{self.encoder.fingerprint()}-{dataset_fingerprint(dataset)}"
+        if where == "auto" and not (path / "meta.json").is_file() and (world is None or world.is_main):
             build_feature_cache(self.encoder, None, dataset, path, device=device, pooled=pooled)
         if world is not None:
             world.barrier()
-        return FeatureCache(path, dataset, self.encoder)
+        cache = FeatureCache(path, dataset, self.encoder)
+        if pooled and cache.pooled is None:
+            log.info("the feature cache %s holds no pooled features (built for another loss or by an "
+                     "older vco): the auxiliary loss runs the encoder on the real images every step; "
+                     "a cache built for this config (`vco cache`) holds them", path)
+        return cache
 
     def _stats(self, cfg: Config, dataset, device, run_dir: Path, world=None):
         sc = cfg.semantic
