@@ -58,6 +58,6 @@ def build_loss_terms(cfg: Config, encoder=None) -> dict[str, LossTerm]:
 
 
 __all__ = ["AUX_LOSSES", "BuildContext", "LossTerm", "StepTensors", "build_loss_terms",
-           "aux_loss", "reads_pooled_positives", "resolved_aux_loss", "HybridLoss", "RepaLoss", "PerceptualLoss",
-           "DriftingLoss", "PixelVLoss", "SemanticVLoss", "hybrid_field", "hybrid_regression_loss",
+           "aux_loss", "reads_pooled_positives", "resolved_aux_loss", "HybridLoss", "RepaLoss",
+           "PerceptualLoss", "DriftingLoss", "PixelVLoss", "SemanticVLoss", "hybrid_field", "hybrid_regression_loss",
            "hybrid_loss_from_features"]
