@@ -44,7 +44,8 @@ def write_outputs(records: list[dict], results: Path, timing: dict | None = None
                      "sampler": f"heun {SAMPLE_STEPS} steps", "guidance": "w=1 unless under 'guided'",
                      "sweep": SWEEP, "sweep_num": SWEEP_NUM,
                      "threads": "per point (torch threads of its training and scoring)"},
-        "variants": records, "budget_runs": [{**{k: b[k] for k in b if k != "config"}, "peak_lr": peak_lr(b)} for b in budgets]})
+        "variants": records,
+        "budget_runs": [{**{k: b[k] for k in b if k != "config"}, "peak_lr": peak_lr(b)} for b in budgets]})
     base = next((r for r in records if r["variant"] == "jit-tiny"), None)
     t_jit = base["points"][-1][key] if base else None
     lines = ["# V-Co against JiT in miniature (Fashion-MNIST 28 px, 2-core CPU)", "",

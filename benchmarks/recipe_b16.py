@@ -112,7 +112,8 @@ def run_one(precision: str, args) -> dict:
     cfg = build_config("vco-b16", overrides=RECIPE + cache + [f"train.precision={precision}",
                                                                f"train.device={args.device}"] + args.set)
     with tempfile.TemporaryDirectory() as run_dir:
-        os.environ["VCO_CACHE"] = os.path.join(run_dir, "cache")    # built here, removed with it
+        if cached:
+            os.environ["VCO_CACHE"] = os.path.join(run_dir, "cache")    # built here, removed with it
         trainer = Trainer(cfg, run_dir)
         loader = iter(trainer.loader(0, 2 * (args.warmup + args.repeats) + 2))
         for _ in range(args.warmup):

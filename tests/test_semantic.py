@@ -422,10 +422,10 @@ def test_cache_holds_the_pooled_features_of_both_flips_in_fp32(tmp_path):
                                rtol=1e-5, atol=1e-5 * ref.abs().max().item())   # fp32: batch rounding only
     # Which configs want them: the losses that compare pooled features of x_pred and x.
     from vco.config import build_config
-    from vco.semantic.stream import pooled_positives
-    assert pooled_positives(build_config("vco-tiny")) and pooled_positives(build_config("vco-tiny", overrides=[
-        "aux_loss=drifting"]))
-    assert not any(pooled_positives(build_config(p, overrides=o)) for p, o in (
+    from vco.losses import reads_pooled_positives
+    assert reads_pooled_positives(build_config("vco-tiny")) and reads_pooled_positives(build_config(
+        "vco-tiny", overrides=["aux_loss=drifting"]))
+    assert not any(reads_pooled_positives(build_config(p, overrides=o)) for p, o in (
         ("vco-tiny", ["aux_loss=perceptual"]), ("vco-tiny", ["aux_loss=none"]), ("jit-tiny", [])))
     # A cache built without them (and any from before they existed) answers None.
     rebuilt = build_feature_cache(enc, None, data, tmp_path / "cache", batch_size=2)

@@ -36,7 +36,8 @@ def cmd_stats(args) -> None:
 def cmd_cache(args) -> None:
     from ..data import build_dataset
     from ..semantic import build_feature_cache, load_stats
-    from ..semantic.stream import encoder_from_config, pooled_positives
+    from ..losses import reads_pooled_positives
+    from ..semantic.stream import encoder_from_config
     from ..device import resolve_device
     cfg = C.build_config(preset_or_default(args), args.config, data_overrides(args.data) + set_overrides(args))
     sc = cfg.semantic
@@ -48,7 +49,7 @@ def cmd_cache(args) -> None:
     stats = load_stats(sc.stats, scale=sc.scale) if sc.stats else None
     # the real images' pooled features too when the config's auxiliary loss reads them
     cache = build_feature_cache(encoder, stats, dataset, out, batch_size=args.batch_size,
-                                device=resolve_device(args.device), pooled=pooled_positives(cfg))
+                                device=resolve_device(args.device), pooled=reads_pooled_positives(cfg))
     pooled = "" if cache.pooled is None else f" and {cache.pooled.shape[-1]} pooled channels"
     print(f"cached {len(cache)} images x 2 flips x {cache.num_tokens} tokens x {cache.feature_dim} "
           f"channels{pooled} -> {out}; train with --set semantic.cache={out}")

@@ -90,28 +90,8 @@ def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str 
         stats.check_matches(encoder.num_tokens, encoder.feature_dim)
     acc = StatsAccumulator() if stats is None else None
 
-    shape = (len(dataset), 2, encoder.num_tokens, encoder.feature_dim)
-
     def fill(tmp: Path, pooled_tmp: Path | None = None) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-        pooled_out = None if pooled_tmp is None else np.lib.format.open_memmap(
-            pooled_tmp, mode="w+", dtype=np.float32, shape=(len(dataset), 2, encoder.pooled_dim))
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-        start = 0
-        for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
-            x = to_model_range(images, device)  # (B, 3, H, W)
-            for flip, view in enumerate((x, torch.flip(x, dims=[-1]))):
-                feats = encoder.patch_features(view)  # (B, N, C)
-                out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
-                if acc is not None:
-                    acc.update(feats, view)
-                if pooled_out is not None:
-                    pooled_out[start:start + len(x), flip] = encoder.pooled_features(view).float().cpu().numpy()
-            start += len(x)
-        for array in (out, pooled_out):
-            if array is not None:
-                array.flush()
-        del out, pooled_out
+        _encode_dataset(encoder, dataset, batch_size, device, acc, tmp, pooled_tmp)
 
     # errors of the dataset or the encoder keep their type; I/O errors become a WriteError.
     # pooled.npy is renamed into place first; meta.json, written last, marks the folder complete.
@@ -128,6 +108,32 @@ def build_feature_cache(encoder, stats: FeatureStats | None, dataset, path: str 
     save_stats(stats, path / STATS_FILE)
     atomic_write_text(path / META_FILE, json.dumps(meta, indent=2))
     return FeatureCache(path)
+
+
+def _encode_dataset(encoder, dataset, batch_size: int, device, acc: StatsAccumulator | None,
+                    features_path: Path, pooled_path: Path | None) -> None:
+    """One pass over the data, both flips of each image: raw patch features (fp16) into a new .npy
+    at ``features_path``, the pooled ones (fp32) at ``pooled_path`` if given; ``acc`` (if given)
+    sees every view's patch features."""
+    out = np.lib.format.open_memmap(features_path, mode="w+", dtype=np.float16,
+                                    shape=(len(dataset), 2, encoder.num_tokens, encoder.feature_dim))
+    pooled_out = None if pooled_path is None else np.lib.format.open_memmap(
+        pooled_path, mode="w+", dtype=np.float32, shape=(len(dataset), 2, encoder.pooled_dim))
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    start = 0
+    for images, _ in tqdm(loader, desc=f"caching {encoder.name} features", unit="batch"):
+        x = to_model_range(images, device)  # (B, 3, H, W)
+        for flip, view in enumerate((x, torch.flip(x, dims=[-1]))):
+            feats = encoder.patch_features(view)  # (B, N, C)
+            out[start:start + len(x), flip] = feats.float().cpu().numpy().astype(np.float16)
+            if acc is not None:
+                acc.update(feats, view)
+            if pooled_out is not None:
+                pooled_out[start:start + len(x), flip] = encoder.pooled_features(view).float().cpu().numpy()
+        start += len(x)
+    for array in (out, pooled_out):
+        if array is not None:
+            array.flush()
 
 
 class FeatureCache:

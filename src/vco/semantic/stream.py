@@ -11,17 +11,12 @@ import torch
 from ..config import Config, ConfigError
 from ..data import to_model_range
 from ..diffusion.flow import SameTime
+from ..losses import reads_pooled_positives
 from . import (FeatureCache, build_calibration, build_encoder, build_feature_cache, compute_stats,
                dataset_fingerprint, load_stats, save_stats)
 
 STATS_NAME = "semantic_stats.safetensors"
 log = logging.getLogger(__name__)
-
-
-def pooled_positives(cfg: Config) -> bool:
-    """Whether a feature cache for ``cfg`` should also hold the real images' pooled features."""
-    from ..losses import reads_pooled_positives      # the losses build on semantic encoders
-    return reads_pooled_positives(cfg)
 
 
 def encoder_from_config(cfg: Config):
@@ -68,7 +63,7 @@ class SemanticTargets:
         # A feature cache (both flips of every image, raw fp16) replaces the encoder's forward
         # pass for the targets, and, where it holds them, for the real images' pooled features
         # that the hybrid/drifting loss reads; the loss still runs the encoder on x_pred.
-        self.cache = self._cache(sc.cache, dataset, device, world, pooled_positives(cfg)) if sc.cache else None
+        self.cache = self._cache(sc.cache, dataset, device, world, reads_pooled_positives(cfg)) if sc.cache else None
         stats = self._stats(cfg, dataset, device, Path(run_dir), world)
         stats.check_matches(self.encoder.num_tokens, self.encoder.feature_dim)
         # Table 4: the measured RMS ratio either scales the features or shifts their clock.

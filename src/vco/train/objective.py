@@ -53,9 +53,7 @@ class Objective(nn.Module):
         drops = self.model.unconditional.draw(x.shape[0], self.diffusion, rng)
         noised = noise_batch(x, y, f, drops, self.diffusion, self.num_classes, rng, self.semantic_time)
         if f is not None and bool(drops.semantic.any()):
-            order = torch.argsort(drops.semantic.to(torch.int8), stable=True)
-            x, y, f, noised = dropped_last(x, y, f, noised, order)
-            x_pooled = None if x_pooled is None else x_pooled[order]
+            x, y, f, x_pooled, noised = dropped_last(x, y, f, x_pooled, noised)
         x_pred, f_pred, hidden = self.denoise(noised)
         return StepTensors(x=x, y=y, t=noised.t, z=noised.z, x_pred=x_pred, f=f, t_f=noised.t_f,
                            z_f=noised.z_f, f_pred=f_pred, f_kept=~noised.drops.semantic, hidden=hidden,
@@ -75,13 +73,14 @@ class Objective(nn.Module):
                 for n, p in term.named_parameters() if p.requires_grad}
 
 
-def dropped_last(x, y, f, noised: Noised, order: torch.Tensor):
-    """The semantics-dropped samples moved to the end of the batch (``order``: a stable argsort of
-    the drops): the mask-free attention then needs two SDPA calls per block, not one per run of
-    samples. Every loss term is a mean (per class for the auxiliary losses), so the order changes
-    nothing but the summation order."""
+def dropped_last(x, y, f, x_pooled, noised: Noised):
+    """The semantics-dropped samples moved to the end of the batch (x_pooled, if given, with them):
+    the mask-free attention then needs two SDPA calls per block, not one per run of samples. Every
+    loss term is a mean (per class for the auxiliary losses), so the order changes nothing but the
+    summation order."""
+    order = torch.argsort(noised.drops.semantic.to(torch.int8), stable=True)
     d = noised.drops
-    return x[order], y[order], f[order], Noised(
+    return x[order], y[order], f[order], None if x_pooled is None else x_pooled[order], Noised(
         noised.t[order], noised.z[order], noised.y_in[order], Drops(d.label[order], d.semantic[order]),
         noised.t_f[order], noised.z_f[order])
 
